@@ -1,0 +1,47 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Kernels are numeric hot loops over raw pointers: optimise them hard in every configuration.
+let kernelSettings: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "pixellm",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "pixellm", targets: ["pixellm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        // C shims: constants/macros Swift cannot import (MPI_COMM_WORLD, H5T_NATIVE_FLOAT, ...), and the
+        // OpenBLAS loader that picks the CPU core before the library initialises.
+        .target(
+            name: "CPixelShims",
+            dependencies: ["CMPI", "CHDF5"],
+            cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])],
+            linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]
+        ),
+        .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
+        .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
+        .executableTarget(
+            name: "pixellm",
+            dependencies: [
+                "PixelTensor", "PixelDistributed", "CPixelShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: kernelSettings
+        ),
+        .testTarget(
+            name: "PixelTensorTests",
+            dependencies: ["PixelTensor"],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
