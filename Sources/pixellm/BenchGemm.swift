@@ -1,0 +1,88 @@
+import ArgumentParser
+import Foundation
+import PixelTensor
+
+/// `pixellm bench gemm`: the project's matmul (Tensor-level `linear` / `matmul`, with allocation and tape
+/// bookkeeping) beside raw OpenBLAS sgemm on the same shapes, in the same run.
+struct BenchGemm: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "GFLOP/s of pixellm's matmul on the model's shapes beside raw OpenBLAS, as a ratio.")
+
+    @Option(help: "Minimum seconds spent per measurement.") var minSeconds = 0.3
+    @Option(help: "Only shapes whose model name contains this.") var only: String?
+    @Flag(help: "Print JSON lines instead of a table.") var json = false
+
+    struct Shape {
+        let model: String, what: String, M: Int, N: Int, K: Int
+    }
+
+    /// Linear layers of the model configurations (M = tokens, N = out features, K = in features).
+    static let shapes: [Shape] = [
+        Shape(model: "clip-l-448", what: "attn q/k/v/o 1025x1024->1024", M: 1025, N: 1024, K: 1024),
+        Shape(model: "clip-l-448", what: "mlp fc1 1025x1024->4096", M: 1025, N: 4096, K: 1024),
+        Shape(model: "clip-l-448", what: "mlp fc2 1025x4096->1024", M: 1025, N: 1024, K: 4096),
+        Shape(model: "llama-7b", what: "attn q/k/v/o 512x4096->4096", M: 512, N: 4096, K: 4096),
+        Shape(model: "llama-7b", what: "mlp gate/up 512x4096->11008", M: 512, N: 11008, K: 4096),
+        Shape(model: "llama-7b", what: "mlp down 512x11008->4096", M: 512, N: 4096, K: 11008),
+        Shape(model: "llama-7b", what: "lm_head 128x4096->32009", M: 128, N: 32009, K: 4096),
+        Shape(model: "llama-7b", what: "decode step 1x4096->11008", M: 1, N: 11008, K: 4096),
+        Shape(model: "decoder", what: "self-attn 6x256->256 (x K targets=8)", M: 48, N: 256, K: 256),
+        Shape(model: "decoder", what: "cross-attn img 1024x256->128", M: 1024, N: 128, K: 256),
+        Shape(model: "decoder", what: "cross-attn img 4096x256->128", M: 4096, N: 128, K: 256),
+        Shape(model: "decoder", what: "out_mm_projector 1024x1024->8192", M: 1024, N: 8192, K: 1024),
+        Shape(model: "synth-small", what: "attn 256x256->256", M: 256, N: 256, K: 256),
+        Shape(model: "synth-small", what: "mlp 256x256->688", M: 256, N: 688, K: 256),
+        Shape(model: "synth-small", what: "vit 197x192->768", M: 197, N: 768, K: 192),
+    ]
+
+    /// Best time of `body` over repetitions lasting at least `minSeconds` in total.
+    static func time(_ minSeconds: Double, _ body: () -> Void) -> Double {
+        body()
+        var best = Double.infinity, total = 0.0, n = 0
+        while total < minSeconds || n < 3 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            best = min(best, dt); total += dt; n += 1
+        }
+        return best
+    }
+
+    func run() throws {
+        let info = BLAS.info
+        if !json {
+            print("pixellm bench gemm   (OpenBLAS core \(info.corename), \(info.threads) thread(s))")
+            print("model        pass      shape                                   pixellm GF/s   raw sgemm GF/s   ratio")
+        }
+        var rng = RNG(seed: 1)
+        for s in Self.shapes where only.map({ s.model.contains($0) }) ?? true {
+            let x = Tensor.randn([s.M, s.K], std: 0.1, rng: &rng)
+            let w = Tensor.randn([s.N, s.K], std: 0.1, rng: &rng)
+            let g = Tensor.randn([s.M, s.N], std: 0.1, rng: &rng)
+            let c1 = Tensor.zeros([s.M, s.N]), c2 = Tensor.zeros([s.M, s.K]), c3 = Tensor.zeros([s.N, s.K])
+            let flops = 2.0 * Double(s.M) * Double(s.N) * Double(s.K)
+            // forward Y = X W^T; backward dX = dY W; backward dW = dY^T X
+            let passes: [(String, () -> Void, () -> Void)] = [
+                ("fwd", { _ = Autograd.noGrad { linear(x, w) } },
+                 { BLAS.sgemm(transA: false, transB: true, M: s.M, N: s.N, K: s.K, A: x.ptr, lda: s.K, B: w.ptr, ldb: s.K, beta: 0, C: c1.ptr, ldc: s.N) }),
+                ("bwd-in", { _ = Autograd.noGrad { g.matmul(w) } },
+                 { BLAS.sgemm(transA: false, transB: false, M: s.M, N: s.K, K: s.N, A: g.ptr, lda: s.N, B: w.ptr, ldb: s.K, beta: 0, C: c2.ptr, ldc: s.K) }),
+                ("bwd-w", { _ = Autograd.noGrad { g.transpose(0, 1).matmul(x) } },
+                 { BLAS.sgemm(transA: true, transB: false, M: s.N, N: s.K, K: s.M, A: g.ptr, lda: s.N, B: x.ptr, ldb: s.K, beta: 0, C: c3.ptr, ldc: s.K) }),
+            ]
+            for (name, mine, raw) in passes {
+                let tm = Self.time(minSeconds, mine), tr = Self.time(minSeconds, raw)
+                let gm = flops / tm / 1e9, gr = flops / tr / 1e9
+                if json {
+                    print("{\"model\":\"\(s.model)\",\"shape\":\"\(s.what)\",\"pass\":\"\(name)\",\"M\":\(s.M),\"N\":\(s.N),\"K\":\(s.K),\"pixellm_gflops\":\(gm),\"raw_gflops\":\(gr),\"ratio\":\(gm / gr)}")
+                } else {
+                    print(pad(s.model, 12) + " " + pad(name, 9) + " " + pad(s.what, 39) + String(format: " %10.1f   %14.1f   %5.2fx", gm, gr, gm / gr))
+                }
+            }
+        }
+    }
+}
+
+/// Left-justifies `s` in `width` columns.
+func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }

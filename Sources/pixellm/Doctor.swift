@@ -1,0 +1,111 @@
+import ArgumentParser
+import CPixelShims
+import Foundation
+import PixelDistributed
+import PixelTensor
+
+/// `pixellm doctor`: what this machine and build will compute with, and how fast.
+struct Doctor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the toolchain, BLAS core and threads, MPI and HDF5, and measured sgemm GFLOP/s.")
+
+    @Option(help: "Repetitions of the 1024x1024x4096 sgemm.") var reps = 5
+    @Flag(help: "Fail (exit 1) when OpenBLAS runs a generic fallback core.") var strict = false
+
+    func run() throws {
+        let comm = Communicators.make()
+        let info = BLAS.info
+        let lines = SystemReport.lines(info: info, comm: comm, reps: reps)
+        if comm.rank == 0 || comm.size == 1 {
+            for l in lines { print(l) }
+        } else {
+            // other ranks report their own BLAS set-up in one line
+            print("rank \(comm.rank): BLAS core \(info.corename), \(info.threads) thread(s)")
+        }
+        if info.isGenericCore {
+            let msg = "OpenBLAS is running the generic core \(info.corename): sgemm will be several times slower. Set OPENBLAS_CORETYPE (e.g. Haswell or SkylakeX)."
+            FileHandle.standardError.write(("warning: " + msg + "\n").data(using: .utf8)!)
+            if strict { throw ExitCode(1) }
+        }
+    }
+}
+
+enum SystemReport {
+    static var swiftVersion: String {
+        #if compiler(>=6.4)
+        return "Swift compiler >= 6.4"
+        #elseif compiler(>=6.3)
+        return "Swift compiler 6.3"
+        #elseif compiler(>=6.2)
+        return "Swift compiler 6.2"
+        #elseif compiler(>=6.0)
+        return "Swift compiler 6.0-6.1"
+        #else
+        return "Swift compiler < 6.0"
+        #endif
+    }
+
+    /// Peak fp32 GFLOP/s estimate: cores x clock x FLOP per cycle per core.
+    static func peakEstimate(cores: Int, features: String) -> (gflops: Double, how: String) {
+        var mhz = 0.0
+        if let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
+            for line in text.split(separator: "\n") where line.hasPrefix("cpu MHz") {
+                if let v = Double(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) { mhz = max(mhz, v) }
+            }
+        }
+        let amd = ((try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? "").contains("AuthenticAMD")
+        let perCycle: Double
+        let unit: String
+        if features.contains("avx512f") {
+            // two 512-bit FMA pipes (Intel server cores, AMD Zen 5). Zen 4 double-pumps 256-bit pipes and
+            // reaches half of this; /proc/cpuinfo's clock is the nominal one, so treat it as an estimate.
+            perCycle = 64
+            unit = amd ? "2x512-bit FMA assumed (AMD; Zen 4 would be half)" : "2x512-bit FMA"
+        } else if features.contains("fma") {
+            perCycle = 32; unit = "2x256-bit FMA"
+        } else if features.contains("avx") {
+            perCycle = 16; unit = "256-bit add+mul"
+        } else {
+            perCycle = 8; unit = "128-bit SSE"
+        }
+        let g = Double(cores) * mhz / 1000 * perCycle
+        return (g, String(format: "%d core(s) x %.2f GHz x %.0f FLOP/cycle (%@)", cores, mhz / 1000, perCycle, unit))
+    }
+
+    /// Best-of-`reps` GFLOP/s of C = A B^T on the given shape (raw sgemm).
+    static func sgemmGflops(M: Int, N: Int, K: Int, reps: Int) -> Double {
+        let a = Tensor.full([M, K], 0.01), b = Tensor.full([N, K], 0.02), c = Tensor.zeros([M, N])
+        BLAS.sgemm(transA: false, transB: true, M: M, N: N, K: K, A: a.ptr, lda: K, B: b.ptr, ldb: K, beta: 0, C: c.ptr, ldc: N)
+        var best = Double.infinity
+        for _ in 0..<max(reps, 1) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            BLAS.sgemm(transA: false, transB: true, M: M, N: N, K: K, A: a.ptr, lda: K, B: b.ptr, ldb: K, beta: 0, C: c.ptr, ldc: N)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            best = min(best, dt)
+        }
+        return 2.0 * Double(M) * Double(N) * Double(K) / best / 1e9
+    }
+
+    static func lines(info: BLAS.Info, comm: Communicator, reps: Int) -> [String] {
+        var out: [String] = []
+        out.append("pixellm doctor")
+        out.append("  toolchain      \(swiftVersion)")
+        out.append("  cpu            \(pixel_cpu_online_count()) core(s) online, \(pixel_cpu_affinity_count()) usable by this process; features: \(info.cpuFeatures)")
+        out.append("  blas library   \(info.libraryPath)")
+        out.append("  blas config    \(info.config)")
+        out.append("  blas core      \(info.corename)   (requested \(info.requestedCore), from \(info.coreSource))\(info.isGenericCore ? "   <-- GENERIC FALLBACK: slow" : "")")
+        if info.preloaded {
+            out.append("  warning        OpenBLAS was loaded before pixellm could choose its core")
+        }
+        out.append("  blas threads   \(info.threads)   (from \(info.threadsSource))")
+        let gf = sgemmGflops(M: 1024, N: 1024, K: 4096, reps: reps)
+        let peak = peakEstimate(cores: info.threads, features: info.cpuFeatures)
+        out.append(String(format: "  sgemm          %.1f GFLOP/s on 1024x1024x4096 (best of %d)", gf, reps))
+        out.append(String(format: "  peak estimate  %.1f GFLOP/s = %@ -> %.0f%% of peak", peak.gflops, peak.how,
+                          peak.gflops > 0 ? 100 * gf / peak.gflops : 0))
+        out.append("  mpi            \(String(cString: pixel_mpi_library_version()))")
+        out.append("  mpi world      \(comm.size > 1 || pixel_mpi_launched() != 0 ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
+        out.append("  hdf5           \(String(cString: pixel_h5_version()))")
+        return out
+    }
+}
