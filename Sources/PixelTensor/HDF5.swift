@@ -125,6 +125,18 @@ public enum TensorFile {
         return t
     }
 
+    /// True when the dataset holds integers.
+    public static func isInteger(_ path: String, name: String) throws -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        pixel_h5_quiet()
+        let file = try h5(H5Fopen(path, pixel_h5f_acc_rdonly(), pixel_h5p_default()), "H5Fopen", path)
+        defer { H5Fclose(file) }
+        let dset = try h5(H5Dopen2(file, name, pixel_h5p_default()), "H5Dopen2", path, name)
+        defer { H5Dclose(dset) }
+        var size = 0
+        return pixel_h5_dataset_type_class(dset, &size) == 1
+    }
+
     /// Reads an integer dataset exactly (indices, token ids).
     public static func readInts(_ path: String, name: String) throws -> (values: [Int64], shape: [Int]) {
         lock.lock(); defer { lock.unlock() }

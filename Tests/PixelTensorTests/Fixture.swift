@@ -42,8 +42,9 @@ enum Fixtures {
                 } else {
                     grads.append(nil)
                 }
-                if let (v, _) = try? TensorFile.readInts(path, name: "\(g)/in\(i)"), !members.contains("grad\(i)") {
-                    ints[i] = v
+                // integer datasets (indices, token ids) are also kept exactly
+                if !members.contains("grad\(i)"), try TensorFile.isInteger(path, name: "\(g)/in\(i)") {
+                    ints[i] = try TensorFile.readInts(path, name: "\(g)/in\(i)").values
                 }
                 inputs.append(t)
             }
