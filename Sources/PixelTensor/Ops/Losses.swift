@@ -7,10 +7,7 @@ import Foundation
 /// How a loss reduces its per-element values (PyTorch's `reduction=`).
 public enum LossReduction: String, Sendable { case none, mean, sum }
 
-/// Logistic sigmoid without overflow for large |x|.
-@inlinable
-func stableSigmoid(_ x: Float) -> Float {
-    if x >= 0 { return 1 / (1 + Foundation.exp(-x)) }
+// stableSigmoid is defined in Activations.swift.
     let e = Foundation.exp(x)
     return e / (1 + e)
 }
