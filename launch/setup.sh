@@ -33,7 +33,7 @@ export MPIRUN_FLAGS
 
 # 4. Build (release: numerics and speed need it).
 if [ "${PIXELLM_SKIP_BUILD:-0}" != "1" ]; then
-  (cd "$PIXELLM_ROOT" && swift build -c release ${PIXELLM_BUILD_TESTS:+--build-tests} 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Build)" || true)
+  (cd "$PIXELLM_ROOT" && swift build -c release ${PIXELLM_BUILD_TESTS:+--build-tests -Xswiftc -enable-testing} 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Build)" || true)
   [ -x "$PIXELLM_ROOT/.build/release/pixellm" ] || { echo "pixellm: build failed" >&2; exit 1; }
 fi
 PIXELLM="$PIXELLM_ROOT/.build/release/pixellm"

@@ -7,7 +7,7 @@ cd "$PIXELLM_ROOT"
 status=0
 
 echo "== unit, gradient and PyTorch-fixture tests (swift test -c release)"
-swift test -c release --skip-build 2>&1 | tee /tmp/pixellm-swift-test.log | grep -E "error|failed|Executed .* tests|passed after|failed after" || true
+swift test -c release -Xswiftc -enable-testing --skip-build 2>&1 | tee /tmp/pixellm-swift-test.log | grep -E "error|failed|Executed .* tests|passed after|failed after" || true
 grep -qE "with 0 failures" /tmp/pixellm-swift-test.log && ! grep -qE "Test Suite 'All tests' failed|error:" /tmp/pixellm-swift-test.log || status=1
 
 echo "== MPI collectives under mpirun"

@@ -8,9 +8,6 @@ import Foundation
 public enum LossReduction: String, Sendable { case none, mean, sum }
 
 // stableSigmoid is defined in Activations.swift.
-    let e = Foundation.exp(x)
-    return e / (1 + e)
-}
 
 // MARK: - cross-entropy
 
