@@ -1,23 +1,43 @@
 #!/usr/bin/env bash
 # The test command: installs what is needed, builds, runs every test (XCTest in release mode, the MPI
-# collectives under mpirun with 2 and 3 ranks, and the command-line checks). Exits non-zero on any failure.
+# collectives under mpirun with 2 and 3 ranks, and the command-line checks). Exits non-zero on any failure
+# and ends with one line "tests: N passed, M failed".
 set -euo pipefail
 PIXELLM_BUILD_TESTS=1 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$PIXELLM_ROOT"
-status=0
+passed=0
+failed=0
+check() {  # check NAME COMMAND...: runs a check and counts it
+  local name="$1"; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok: $name"; else failed=$((failed + 1)); echo "FAILED: $name"; fi
+}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 echo "== unit, gradient and PyTorch-fixture tests (swift test -c release)"
-swift test -c release -Xswiftc -enable-testing --skip-build 2>&1 | tee /tmp/pixellm-swift-test.log | grep -E "error|failed|Executed .* tests|passed after|failed after" || true
-grep -qE "with 0 failures" /tmp/pixellm-swift-test.log && ! grep -qE "Test Suite 'All tests' failed|error:" /tmp/pixellm-swift-test.log || status=1
+set +e
+swift test -c release -Xswiftc -enable-testing --skip-build >"$log" 2>&1
+rc=$?
+set -e
+grep -E "error:|: error|failed \(|Executed [0-9]+ tests" "$log" | grep -v "^Test Suite" | tail -25 || true
+summary=$(grep -E "^[[:space:]]*Executed [0-9]+ tests" "$log" | tail -1)
+n=$(echo "$summary" | sed -nE 's/.*Executed ([0-9]+) tests.*/\1/p'); n=${n:-0}
+s=$(echo "$summary" | sed -nE 's/.*with ([0-9]+) tests? skipped.*/\1/p'); s=${s:-0}
+f=$(echo "$summary" | sed -nE 's/.* ([0-9]+) failures?.*/\1/p'); f=${f:-0}
+if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi   # a crash or build failure counts
+if [ "$n" -eq 0 ]; then echo "no XCTest ran"; f=$((f + 1)); fi
+passed=$((passed + n - s - f)); failed=$((failed + f))
 
-echo "== MPI collectives under mpirun"
-bash launch/test-mpi.sh release || status=1
+echo "== MPI collectives under mpirun (2 and 3 ranks, failure propagation)"
+check "MPI collectives under mpirun -np 2 and -np 3" bash launch/test-mpi.sh release
 
 echo "== command line"
-"$PIXELLM" doctor --strict --reps 2 || status=1
-OPENBLAS_CORETYPE=Haswell "$PIXELLM" doctor --reps 1 | grep -q "blas core      Haswell   (requested Haswell, from user" \
-  && echo "doctor respects a user-set OPENBLAS_CORETYPE" || { echo "FAILED: OPENBLAS_CORETYPE=Haswell was not respected"; status=1; }
-"$PIXELLM" demo --steps 200 >/dev/null && echo "demo learns" || { echo "FAILED: demo"; status=1; }
+check "doctor --strict: OpenBLAS runs a specific core" "$PIXELLM" doctor --strict --reps 2
+check "doctor respects a user-set OPENBLAS_CORETYPE" bash -c \
+  "OPENBLAS_CORETYPE=Haswell '$PIXELLM' doctor --reps 1 | grep -q 'blas core      Haswell   (requested Haswell, from user'"
+check "doctor under mpirun -np 2 reports rank/size" bash -c \
+  "mpirun $MPIRUN_FLAGS -np 2 '$PIXELLM' doctor --reps 1 | grep -q 'rank 0 of 2 (launched by mpirun)'"
+check "demo: the autograd core learns" bash -c "'$PIXELLM' demo --steps 200 >/dev/null"
 
-if [ $status -eq 0 ]; then echo "pixellm tests: all passed"; else echo "pixellm tests: FAILED"; fi
-exit $status
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -104,7 +104,7 @@ enum SystemReport {
         out.append(String(format: "  peak estimate  %.1f GFLOP/s = %@ -> %.0f%% of peak", peak.gflops, peak.how,
                           peak.gflops > 0 ? 100 * gf / peak.gflops : 0))
         out.append("  mpi            \(String(cString: pixel_mpi_library_version()))")
-        out.append("  mpi world      \(comm.size > 1 || pixel_mpi_launched() != 0 ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
+        out.append("  mpi world      \(comm.size > 1 || Communicators.launchedByMPI ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
         out.append("  hdf5           \(String(cString: pixel_h5_version()))")
         return out
     }
