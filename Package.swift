@@ -27,11 +27,12 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]
         ),
         .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
+        .target(name: "PixelModel", dependencies: ["PixelTensor"], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "pixellm",
             dependencies: [
-                "PixelTensor", "PixelDistributed", "CPixelShims",
+                "PixelTensor", "PixelModel", "PixelDistributed", "CPixelShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings
@@ -39,6 +40,11 @@ let package = Package(
         .testTarget(
             name: "PixelTensorTests",
             dependencies: ["PixelTensor"],
+            resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "PixelModelTests",
+            dependencies: ["PixelModel", "PixelTensor"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),

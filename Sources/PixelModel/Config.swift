@@ -1,0 +1,207 @@
+import Foundation
+
+/// CLIP vision tower configuration (HF `CLIPVisionConfig` field names).
+public struct CLIPVisionConfig: Codable, Equatable, Sendable {
+    public var hiddenSize = 1024
+    public var intermediateSize = 4096
+    public var numHiddenLayers = 24
+    public var numAttentionHeads = 16
+    /// Size the checkpoint's position table was trained at (336 for clip-vit-large-patch14-336).
+    public var imageSize = 336
+    public var patchSize = 14
+    public var numChannels = 3
+    public var layerNormEps: Float = 1e-5
+    public var hiddenAct = "quick_gelu"
+    public var initializerRange: Float = 0.02
+
+    enum CodingKeys: String, CodingKey {
+        case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads", imageSize = "image_size", patchSize = "patch_size"
+        case numChannels = "num_channels", layerNormEps = "layer_norm_eps", hiddenAct = "hidden_act"
+        case initializerRange = "initializer_range"
+    }
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = CLIPVisionConfig()
+        hiddenSize = try c.decodeIfPresent(Int.self, forKey: .hiddenSize) ?? d.hiddenSize
+        intermediateSize = try c.decodeIfPresent(Int.self, forKey: .intermediateSize) ?? d.intermediateSize
+        numHiddenLayers = try c.decodeIfPresent(Int.self, forKey: .numHiddenLayers) ?? d.numHiddenLayers
+        numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads) ?? d.numAttentionHeads
+        imageSize = try c.decodeIfPresent(Int.self, forKey: .imageSize) ?? d.imageSize
+        patchSize = try c.decodeIfPresent(Int.self, forKey: .patchSize) ?? d.patchSize
+        numChannels = try c.decodeIfPresent(Int.self, forKey: .numChannels) ?? d.numChannels
+        layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? d.layerNormEps
+        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? d.hiddenAct
+        initializerRange = try c.decodeIfPresent(Float.self, forKey: .initializerRange) ?? d.initializerRange
+    }
+}
+
+/// The pixel decoder's sizes. The released model hard-codes them (256 / depth 2 / MLP 2048 / 8 heads);
+/// they are configurable so that the `tiny` test model stays small.
+public struct DecoderConfig: Codable, Equatable, Sendable {
+    public var promptEmbedDim = 256
+    public var transformerDepth = 2
+    public var mlpDim = 2048
+    public var numHeads = 8
+    /// Cross-attention internal dim = promptEmbedDim / attentionDownsampleRate.
+    public var attentionDownsampleRate = 2
+    public var numMultimaskOutputs = 3
+    public var iouHeadDepth = 3
+    public var iouHeadHiddenDim = 256
+    public var maskInChans = 16
+
+    enum CodingKeys: String, CodingKey {
+        case promptEmbedDim = "prompt_embed_dim", transformerDepth = "transformer_depth", mlpDim = "mlp_dim"
+        case numHeads = "num_heads", attentionDownsampleRate = "attention_downsample_rate"
+        case numMultimaskOutputs = "num_multimask_outputs", iouHeadDepth = "iou_head_depth"
+        case iouHeadHiddenDim = "iou_head_hidden_dim", maskInChans = "mask_in_chans"
+    }
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = DecoderConfig()
+        promptEmbedDim = try c.decodeIfPresent(Int.self, forKey: .promptEmbedDim) ?? d.promptEmbedDim
+        transformerDepth = try c.decodeIfPresent(Int.self, forKey: .transformerDepth) ?? d.transformerDepth
+        mlpDim = try c.decodeIfPresent(Int.self, forKey: .mlpDim) ?? d.mlpDim
+        numHeads = try c.decodeIfPresent(Int.self, forKey: .numHeads) ?? d.numHeads
+        attentionDownsampleRate = try c.decodeIfPresent(Int.self, forKey: .attentionDownsampleRate) ?? d.attentionDownsampleRate
+        numMultimaskOutputs = try c.decodeIfPresent(Int.self, forKey: .numMultimaskOutputs) ?? d.numMultimaskOutputs
+        iouHeadDepth = try c.decodeIfPresent(Int.self, forKey: .iouHeadDepth) ?? d.iouHeadDepth
+        iouHeadHiddenDim = try c.decodeIfPresent(Int.self, forKey: .iouHeadHiddenDim) ?? d.iouHeadHiddenDim
+        maskInChans = try c.decodeIfPresent(Int.self, forKey: .maskInChans) ?? d.maskInChans
+    }
+}
+
+/// A PixelLM configuration as an HF-style `config.json`: the LLaMA fields at the top level (as in the
+/// released `hf_model/config.json`), the PixelLM fields beside them, and `vision_config` / `decoder_config`
+/// (absent from released checkpoints, whose CLIP-L/14-336 and decoder sizes are then the defaults).
+public struct PixelLMConfig: Codable, Equatable, Sendable {
+    // LLaMA
+    public var vocabSize = 32009
+    public var hiddenSize = 4096
+    public var intermediateSize = 11008
+    public var numHiddenLayers = 32
+    public var numAttentionHeads = 32
+    public var numKeyValueHeads = 32
+    public var rmsNormEps: Float = 1e-6
+    public var ropeTheta: Float = 10000
+    public var maxPositionEmbeddings = 2048
+    public var initializerRange: Float = 0.02
+    public var tieWordEmbeddings = false
+    // multimodal
+    public var mmHiddenSize = 1024
+    public var mmVisionSelectLayer = -2
+    /// The second (mid) CLIP feature level; -11 in the released code (hard-coded there).
+    public var mmVisionMidLayer = -11
+    public var mmUseImStartEnd = true
+    public var resizeVisionTowerSize = 448
+    public var outDim = 256
+    public var segTokenNum = 3
+    public var imageFeatureScaleNum = 2
+    /// "mean" (the released code: fixed 1/N weights) or "learned" (the paper's linear fusion).
+    public var tokenFusion = "mean"
+    public var visionConfig = CLIPVisionConfig()
+    public var decoderConfig = DecoderConfig()
+
+    enum CodingKeys: String, CodingKey {
+        case vocabSize = "vocab_size", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers", numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads", rmsNormEps = "rms_norm_eps", ropeTheta = "rope_theta"
+        case maxPositionEmbeddings = "max_position_embeddings", initializerRange = "initializer_range"
+        case tieWordEmbeddings = "tie_word_embeddings", mmHiddenSize = "mm_hidden_size"
+        case mmVisionSelectLayer = "mm_vision_select_layer", mmVisionMidLayer = "mm_vision_mid_layer"
+        case mmUseImStartEnd = "mm_use_im_start_end", resizeVisionTowerSize = "resize_vision_tower_size"
+        case outDim = "out_dim", segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
+        case tokenFusion = "token_fusion", visionConfig = "vision_config", decoderConfig = "decoder_config"
+    }
+
+    public init() {}
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = PixelLMConfig()
+        func get<T: Decodable>(_ k: CodingKeys, _ def: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? def }
+        vocabSize = try get(.vocabSize, d.vocabSize)
+        hiddenSize = try get(.hiddenSize, d.hiddenSize)
+        intermediateSize = try get(.intermediateSize, d.intermediateSize)
+        numHiddenLayers = try get(.numHiddenLayers, d.numHiddenLayers)
+        numAttentionHeads = try get(.numAttentionHeads, d.numAttentionHeads)
+        numKeyValueHeads = try get(.numKeyValueHeads, numAttentionHeads)
+        rmsNormEps = try get(.rmsNormEps, d.rmsNormEps)
+        ropeTheta = try get(.ropeTheta, d.ropeTheta)
+        maxPositionEmbeddings = try get(.maxPositionEmbeddings, d.maxPositionEmbeddings)
+        initializerRange = try get(.initializerRange, d.initializerRange)
+        tieWordEmbeddings = try get(.tieWordEmbeddings, d.tieWordEmbeddings)
+        mmHiddenSize = try get(.mmHiddenSize, d.mmHiddenSize)
+        mmVisionSelectLayer = try get(.mmVisionSelectLayer, d.mmVisionSelectLayer)
+        mmVisionMidLayer = try get(.mmVisionMidLayer, d.mmVisionMidLayer)
+        mmUseImStartEnd = try get(.mmUseImStartEnd, d.mmUseImStartEnd)
+        resizeVisionTowerSize = try get(.resizeVisionTowerSize, d.resizeVisionTowerSize)
+        outDim = try get(.outDim, d.outDim)
+        segTokenNum = try get(.segTokenNum, d.segTokenNum)
+        imageFeatureScaleNum = try get(.imageFeatureScaleNum, d.imageFeatureScaleNum)
+        tokenFusion = try get(.tokenFusion, d.tokenFusion)
+        visionConfig = try get(.visionConfig, d.visionConfig)
+        decoderConfig = try get(.decoderConfig, d.decoderConfig)
+    }
+
+    /// Head dim of the LLM.
+    public var headDim: Int { hiddenSize / numAttentionHeads }
+    /// CLIP grid at the resized input size (32 at 448 px with patch 14).
+    public var visionGrid: Int { resizeVisionTowerSize / visionConfig.patchSize }
+    /// Image tokens spliced into the LLM input after 2x2 pooling (256 at 448 px).
+    public var imageTokenCount: Int { (visionGrid / 2) * (visionGrid / 2) }
+    /// Codebook size: seg tokens per target.
+    public var segTokensPerTarget: Int { segTokenNum * imageFeatureScaleNum }
+
+    /// Reads a `config.json`; errors name the file and the field.
+    public static func load(_ path: String) throws -> PixelLMConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError(file: path, message: "cannot read the file")
+        }
+        do {
+            let c = try JSONDecoder().decode(PixelLMConfig.self, from: data)
+            try c.validate(file: path)
+            return c
+        } catch let e as ConfigError {
+            throw e
+        } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
+            throw ConfigError(file: path, message: "field '\(ctx.codingPath.map { $0.stringValue }.joined(separator: "."))': \(ctx.debugDescription)")
+        } catch let DecodingError.dataCorrupted(ctx) {
+            throw ConfigError(file: path, message: "not valid JSON: \(ctx.debugDescription)")
+        } catch {
+            throw ConfigError(file: path, message: "\(error)")
+        }
+    }
+
+    /// Checks the sizes fit together.
+    public func validate(file: String = "config") throws {
+        func fail(_ field: String, _ why: String) throws { throw ConfigError(file: file, message: "field '\(field)': \(why)") }
+        if hiddenSize % numAttentionHeads != 0 { try fail("hidden_size", "\(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)") }
+        if numAttentionHeads % numKeyValueHeads != 0 { try fail("num_key_value_heads", "\(numKeyValueHeads) does not divide num_attention_heads \(numAttentionHeads)") }
+        if visionConfig.hiddenSize % visionConfig.numAttentionHeads != 0 { try fail("vision_config.hidden_size", "not a multiple of its num_attention_heads") }
+        if resizeVisionTowerSize % visionConfig.patchSize != 0 { try fail("resize_vision_tower_size", "\(resizeVisionTowerSize) is not a multiple of patch_size \(visionConfig.patchSize)") }
+        if visionGrid % 2 != 0 { try fail("resize_vision_tower_size", "the patch grid \(visionGrid) must be even (2x2 pooling)") }
+        if visionConfig.numHiddenLayers < max(-mmVisionSelectLayer, -mmVisionMidLayer) - 1 {
+            try fail("vision_config.num_hidden_layers", "\(visionConfig.numHiddenLayers) layers cannot give hidden states \(mmVisionSelectLayer) and \(mmVisionMidLayer)")
+        }
+        if mmHiddenSize != visionConfig.hiddenSize { try fail("mm_hidden_size", "\(mmHiddenSize) differs from vision_config.hidden_size \(visionConfig.hiddenSize)") }
+        if imageFeatureScaleNum < 1 || imageFeatureScaleNum > 2 { try fail("image_feature_scale_num", "\(imageFeatureScaleNum) (1 or 2 supported)") }
+        if !["mean", "learned"].contains(tokenFusion) { try fail("token_fusion", "'\(tokenFusion)' is not 'mean' or 'learned'") }
+        let dc = decoderConfig
+        if dc.promptEmbedDim % dc.numHeads != 0 { try fail("decoder_config.prompt_embed_dim", "not a multiple of num_heads") }
+        if (dc.promptEmbedDim / dc.attentionDownsampleRate) % dc.numHeads != 0 { try fail("decoder_config.attention_downsample_rate", "internal dim not a multiple of num_heads") }
+        if outDim != dc.promptEmbedDim { try fail("out_dim", "\(outDim) differs from decoder_config.prompt_embed_dim \(dc.promptEmbedDim)") }
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible {
+    public let file: String
+    public let message: String
+    public var description: String { "\(file): \(message)" }
+}
