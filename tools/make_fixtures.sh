@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PIXELLM_FIXTURE_VENV:-$ROOT/.venv-fixtures}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch==2.13.0 h5py numpy
+  "$VENV/bin/pip" install -q torch==2.13.0 h5py numpy transformers safetensors tokenizers sentencepiece
 fi
 cd "$ROOT/tools/fixtures"
 for s in *.py; do
