@@ -1,0 +1,876 @@
+import Foundation
+
+// safetensors files: `[u64 little-endian N][N bytes of UTF-8 JSON header][data]`. The reader applies the
+// checks of huggingface/safetensors `tensor.rs` (`read_metadata`, `Metadata::validate`) and also rejects
+// duplicate keys, which the format forbids but serde lets through.
+
+/// An error reading or writing a safetensors file: the file, the tensor or key concerned (if any), and
+/// what is wrong. `kind` lets callers and tests tell the cases apart.
+public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: String, Sendable {
+        case io, headerTooSmall, headerTooLarge, invalidHeaderLength, invalidUTF8, invalidHeaderStart, invalidJSON
+        case invalidHeader, duplicateKey, unknownDType, invalidOffset, tensorInvalidInfo, misalignedSlice
+        case validationOverflow, incompleteBuffer, tensorNotFound, unsupportedDType, invalidName, invalidIndex
+        case missingShard
+    }
+    public let kind: Kind
+    public let file: String
+    public let key: String?
+    public let message: String
+
+    public init(_ kind: Kind, file: String, key: String? = nil, _ message: String) {
+        self.kind = kind
+        self.file = file
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        if let key { return "\(file): '\(key)': \(message)" }
+        return "\(file): \(message)"
+    }
+}
+
+/// One tensor of a safetensors header. `begin` and `end` are byte offsets into the data section (the file
+/// offset is `8 + headerLength + begin`).
+public struct SafetensorsEntry: Sendable, Equatable {
+    public let dtype: DType
+    public let shape: [Int]
+    public let begin: Int
+    public let end: Int
+    public var count: Int { product(shape) }
+    public var byteCount: Int { end - begin }
+}
+
+// MARK: - reading
+
+/// A read-only memory map of a whole file, unmapped when the last user (file, `BF16Tensor`) goes away.
+final class MappedFile: @unchecked Sendable {
+    let base: UnsafeRawPointer?
+    let size: Int
+
+    init(path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw SafetensorsError(.io, file: path, "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            throw SafetensorsError(.io, file: path, "fstat failed: \(String(cString: strerror(errno)))")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw SafetensorsError(.io, file: path, "not a regular file") }
+        size = Int(st.st_size)
+        if size == 0 { base = nil; return }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw SafetensorsError(.io, file: path, "mmap of \(size) bytes failed: \(String(cString: strerror(errno)))")
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    deinit {
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+    }
+}
+
+/// A safetensors file, memory-mapped and validated on open. Tensor data is converted on request:
+/// F32/F16/BF16 into fp32 `Tensor`s (or kept as bf16 with `bf16(_:)`), I64/I32/U8/BOOL into `[Int64]`.
+/// Other dtypes are listed and described but refused when their data is asked for.
+public final class SafetensorsFile: @unchecked Sendable {
+    public static let maxHeaderSize = 100_000_000
+
+    public let path: String
+    /// Tensor names in the order of their data in the file.
+    public let names: [String]
+    /// The `__metadata__` map (empty when the file has none).
+    public let metadata: [String: String]
+    /// N, the header length in bytes.
+    public let headerLength: Int
+    public var fileSize: Int { map.size }
+    /// Data section start (8 + N); unaligned when the header is not padded (MLX).
+    public var dataOffset: Int { 8 + headerLength }
+
+    let map: MappedFile
+    let entries: [String: SafetensorsEntry]
+
+    public init(_ path: String) throws {
+        self.path = path
+        map = try MappedFile(path: path)
+        let size = map.size
+        guard size >= 8, let base = map.base else {
+            throw SafetensorsError(.headerTooSmall, file: path, "truncated: the file has \(size) bytes, fewer than the 8-byte header length")
+        }
+        let n64 = base.loadUnaligned(as: UInt64.self).littleEndian
+        guard n64 <= UInt64(Self.maxHeaderSize) else {
+            throw SafetensorsError(.headerTooLarge, file: path, "header length \(n64) exceeds the limit of \(Self.maxHeaderSize) bytes")
+        }
+        let n = Int(n64)
+        guard 8 + n <= size else {
+            throw SafetensorsError(.invalidHeaderLength, file: path,
+                                   "truncated: header length \(n) runs past the end of the file (\(size) bytes, so at most \(size - 8) header bytes)")
+        }
+        headerLength = n
+        let header = UnsafeRawBufferPointer(start: base + 8, count: n)
+        guard let _ = String(validating: header, as: UTF8.self) else {
+            throw SafetensorsError(.invalidUTF8, file: path, "the header is not valid UTF-8")
+        }
+        guard n > 0, header[0] == UInt8(ascii: "{") else {
+            throw SafetensorsError(.invalidHeaderStart, file: path, "the header does not start with '{' (not a safetensors file?)")
+        }
+        let json: JSONValue
+        do {
+            json = try JSONParser.parse(header)
+        } catch let e as JSONParser.Failure {
+            if let dup = e.duplicateKey {
+                throw SafetensorsError(.duplicateKey, file: path, key: dup, "duplicate key in the header\(e.context)")
+            }
+            throw SafetensorsError(.invalidJSON, file: path, "the header is not valid JSON: \(e.message) at header byte \(e.offset)")
+        }
+        guard case .object(let members) = json else {
+            throw SafetensorsError(.invalidHeader, file: path, "the header is not a JSON object")
+        }
+        var meta: [String: String] = [:]
+        var list: [(String, SafetensorsEntry)] = []
+        for (key, value) in members {
+            if key == "__metadata__" {
+                meta = try Self.parseMetadata(value, path)
+            } else {
+                list.append((key, try Self.parseEntry(key, value, path)))
+            }
+        }
+        metadata = meta
+        list.sort { ($0.1.begin, $0.1.end) < ($1.1.begin, $1.1.end) }
+        try Self.validate(list, dataSize: size - 8 - n, path: path)
+        names = list.map(\.0)
+        entries = Dictionary(uniqueKeysWithValues: list)
+    }
+
+    static func parseMetadata(_ value: JSONValue, _ path: String) throws -> [String: String] {
+        if case .null = value { return [:] }
+        guard case .object(let kv) = value else {
+            throw SafetensorsError(.invalidHeader, file: path, key: "__metadata__", "must be an object of strings")
+        }
+        var out: [String: String] = [:]
+        for (k, v) in kv {
+            guard case .string(let s) = v else {
+                throw SafetensorsError(.invalidHeader, file: path, key: "__metadata__", "value of '\(k)' is not a string")
+            }
+            out[k] = s
+        }
+        return out
+    }
+
+    static func parseEntry(_ name: String, _ value: JSONValue, _ path: String) throws -> SafetensorsEntry {
+        func bad(_ m: String) -> SafetensorsError { SafetensorsError(.invalidHeader, file: path, key: name, m) }
+        func naturals(_ a: [JSONValue], _ what: String, _ v: JSONValue) throws -> [Int] {
+            try a.map { x in
+                guard let n = x.usize() else { throw bad("\(what) \(v.text) holds something other than a non-negative integer") }
+                return n
+            }
+        }
+        guard case .object(let fields) = value else { throw bad("entry is not an object with dtype, shape and data_offsets") }
+        var dtype: DType?, shape: [Int]?, offsets: [Int]?
+        for (k, v) in fields {
+            switch k {
+            case "dtype":
+                guard case .string(let s) = v else { throw bad("dtype is not a string") }
+                guard let d = DType(rawValue: s) else {
+                    throw SafetensorsError(.unknownDType, file: path, key: name, "unknown dtype '\(s)'")
+                }
+                dtype = d
+            case "shape":
+                guard case .array(let a) = v else { throw bad("shape is not an array") }
+                shape = try naturals(a, "shape", v)
+            case "data_offsets":
+                guard case .array(let a) = v, a.count == 2 else { throw bad("data_offsets is not an array [begin, end]") }
+                offsets = try naturals(a, "data_offsets", v)
+            default:
+                break  // serde ignores unknown fields
+            }
+        }
+        guard let dtype else { throw bad("missing field dtype") }
+        guard let shape else { throw bad("missing field shape") }
+        guard let offsets else { throw bad("missing field data_offsets") }
+        return SafetensorsEntry(dtype: dtype, shape: shape, begin: offsets[0], end: offsets[1])
+    }
+
+    /// `Metadata::validate` plus the final size check of `read_metadata`, with messages that say what is wrong.
+    static func validate(_ list: [(String, SafetensorsEntry)], dataSize: Int, path: String) throws {
+        var start = 0
+        var previous: String?
+        for (name, e) in list {
+            if e.end < e.begin {
+                throw SafetensorsError(.invalidOffset, file: path, key: name, "data_offsets [\(e.begin), \(e.end)] end before they begin")
+            }
+            if e.begin > start {
+                throw SafetensorsError(.invalidOffset, file: path, key: name,
+                                       "hole in the data: bytes \(start)..<\(e.begin) belong to no tensor (this tensor begins at \(e.begin), "
+                                           + (previous.map { "'\($0)' ends at \(start)" } ?? "the data section begins at 0") + ")")
+            }
+            if e.begin < start {
+                throw SafetensorsError(.invalidOffset, file: path, key: name,
+                                       "overlaps '\(previous ?? "")': it begins at \(e.begin) but '\(previous ?? "")' ends at \(start)")
+            }
+            start = e.end
+            previous = name
+            var numel = 1
+            for d in e.shape {
+                let (m, o) = numel.multipliedReportingOverflow(by: d)
+                if o { throw SafetensorsError(.validationOverflow, file: path, key: name, "shape \(describe(e.shape)) overflows") }
+                numel = m
+            }
+            let (bits, o) = numel.multipliedReportingOverflow(by: e.dtype.bitSize)
+            if o { throw SafetensorsError(.validationOverflow, file: path, key: name, "shape \(describe(e.shape)) of \(e.dtype.name) overflows") }
+            if bits % 8 != 0 {
+                throw SafetensorsError(.misalignedSlice, file: path, key: name,
+                                       "\(numel) elements of \(e.dtype.name) (\(e.dtype.bitSize) bits) do not fill whole bytes")
+            }
+            if e.end - e.begin != bits / 8 {
+                throw SafetensorsError(.tensorInvalidInfo, file: path, key: name,
+                                       "data_offsets [\(e.begin), \(e.end)] hold \(e.end - e.begin) bytes but dtype \(e.dtype.name) and shape \(describe(e.shape)) need \(bits / 8)")
+            }
+            if e.end > dataSize {
+                throw SafetensorsError(.incompleteBuffer, file: path, key: name,
+                                       "data_offsets [\(e.begin), \(e.end)] run past the end of the file: the data section has \(dataSize) bytes (truncated file?)")
+            }
+        }
+        if start != dataSize {
+            throw SafetensorsError(.incompleteBuffer, file: path,
+                                   "the tensors cover \(start) bytes but the data section has \(dataSize): \(dataSize - start) trailing bytes after the last tensor")
+        }
+    }
+
+    // MARK: access
+
+    public func contains(_ name: String) -> Bool { entries[name] != nil }
+
+    /// dtype, shape and offsets of a tensor.
+    public func info(_ name: String) throws -> SafetensorsEntry {
+        guard let e = entries[name] else {
+            throw SafetensorsError(.tensorNotFound, file: path, key: name, "no such tensor (the file has \(names.count))")
+        }
+        return e
+    }
+
+    /// Calls `body` with the tensor's raw little-endian bytes (any alignment; valid only inside `body`).
+    public func withRawBytes<R>(_ name: String, _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        let e = try info(name)
+        let p = map.base.map { $0 + dataOffset + e.begin }
+        return try withExtendedLifetime(map) { try body(UnsafeRawBufferPointer(start: e.byteCount == 0 ? nil : p, count: e.byteCount)) }
+    }
+
+    private func requireFloat(_ name: String, _ e: SafetensorsEntry) throws {
+        guard e.dtype.isFloatReadable else {
+            let hint = e.dtype.isIntegerReadable ? "it is an integer tensor: read it with ints(_:)" :
+                "only F32, F16 and BF16 convert to fp32 (I64, I32, U8, BOOL read as integers)"
+            throw SafetensorsError(.unsupportedDType, file: path, key: name, "dtype \(e.dtype.name) is not supported here: \(hint)")
+        }
+    }
+
+    /// The tensor converted to fp32 (F32, F16, BF16; exact).
+    public func tensor(_ name: String) throws -> Tensor {
+        let e = try info(name)
+        try requireFloat(name, e)
+        let t = Tensor(empty: e.shape)
+        if e.count > 0 {
+            try withRawBytes(name) { Convert.toF32(e.dtype, $0.baseAddress!, t.ptr, count: e.count) }
+        }
+        return t
+    }
+
+    /// Every F32/F16/BF16 tensor in fp32, by name (integer buffers such as position_ids are skipped).
+    public func floatTensors() throws -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        for n in names where entries[n]!.dtype.isFloatReadable { out[n] = try tensor(n) }
+        return out
+    }
+
+    /// An integer tensor (I64, I32, U8, BOOL as 0/1) in row-major order; the shape is `info(name).shape`.
+    public func ints(_ name: String) throws -> [Int64] {
+        let e = try info(name)
+        guard e.dtype.isIntegerReadable else {
+            throw SafetensorsError(.unsupportedDType, file: path, key: name,
+                                   "dtype \(e.dtype.name) is not an integer type we read (I64, I32, U8, BOOL)")
+        }
+        if e.count == 0 { return [] }
+        return try withRawBytes(name) { raw in
+            let p = raw.baseAddress!
+            switch e.dtype {
+            case .i64: return (0..<e.count).map { Int64(littleEndian: p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+            case .i32: return (0..<e.count).map { Int64(Int32(littleEndian: p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self))) }
+            case .u8: return (0..<e.count).map { Int64(raw[$0]) }
+            default: return (0..<e.count).map { raw[$0] != 0 ? 1 : 0 }
+            }
+        }
+    }
+
+    /// The tensor as bf16. BF16 data is not copied: the result points into the mapped file and keeps it
+    /// alive. F32 and F16 are rounded to bf16 (nearest even).
+    public func bf16(_ name: String) throws -> BF16Tensor {
+        let e = try info(name)
+        try requireFloat(name, e)
+        if e.dtype == .bf16, e.count > 0, let base = map.base {
+            return BF16Tensor(base: base + dataOffset + e.begin, shape: e.shape, owner: map)
+        }
+        return BF16Tensor(try tensor(name))
+    }
+}
+
+// MARK: - sharded checkpoints
+
+/// A checkpoint directory: `model.safetensors.index.json` with its shards when present, else the single
+/// `model.safetensors`. Opening validates every shard and that each tensor appears exactly once, in the
+/// shard the index names.
+public final class SafetensorsDirectory: @unchecked Sendable {
+    public let directory: String
+    /// The index file, or nil for a single-file checkpoint.
+    public let indexPath: String?
+    /// The shard files in name order.
+    public let files: [SafetensorsFile]
+    /// All tensor names, sorted.
+    public let names: [String]
+    /// `metadata.total_size` of the index, if given.
+    public let totalSize: Int?
+    private let fileOf: [String: SafetensorsFile]
+
+    public init(_ directory: String) throws {
+        self.directory = directory
+        let index = (directory as NSString).appendingPathComponent(Safetensors.indexName)
+        let single = (directory as NSString).appendingPathComponent(Safetensors.singleName)
+        let fm = FileManager.default
+        if fm.fileExists(atPath: index) {
+            indexPath = index
+            let (map, total) = try Self.readIndex(index)
+            totalSize = total
+            var byFile: [String: [String]] = [:]
+            for (t, f) in map { byFile[f, default: []].append(t) }
+            var opened: [SafetensorsFile] = []
+            var owner: [String: SafetensorsFile] = [:]
+            for f in byFile.keys.sorted() {
+                let p = (directory as NSString).appendingPathComponent(f)
+                guard fm.fileExists(atPath: p) else {
+                    let example = byFile[f]!.sorted()[0]
+                    throw SafetensorsError(.missingShard, file: index, key: f,
+                                           "the weight_map names this shard (for \(byFile[f]!.count) tensors, e.g. '\(example)') but \(p) does not exist")
+                }
+                let file = try SafetensorsFile(p)
+                for t in byFile[f]! where !file.contains(t) {
+                    throw SafetensorsError(.invalidIndex, file: index, key: t, "the weight_map puts this tensor in \(f), which does not contain it")
+                }
+                for t in file.names {
+                    if let other = owner[t] {
+                        throw SafetensorsError(.invalidIndex, file: p, key: t, "tensor also present in \(other.path)")
+                    }
+                    guard map[t] == f else {
+                        throw SafetensorsError(.invalidIndex, file: p, key: t,
+                                               map[t].map { "tensor is in this shard but the index maps it to \($0)" } ?? "tensor is missing from the index's weight_map")
+                    }
+                    owner[t] = file
+                }
+                opened.append(file)
+            }
+            files = opened
+            fileOf = owner
+        } else if fm.fileExists(atPath: single) {
+            indexPath = nil
+            totalSize = nil
+            let file = try SafetensorsFile(single)
+            files = [file]
+            fileOf = Dictionary(uniqueKeysWithValues: file.names.map { ($0, file) })
+        } else {
+            throw SafetensorsError(.missingShard, file: directory, "neither \(Safetensors.indexName) nor \(Safetensors.singleName) in this directory")
+        }
+        names = fileOf.keys.sorted()
+    }
+
+    static func readIndex(_ path: String) throws -> (map: [String: String], total: Int?) {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SafetensorsError(.io, file: path, "cannot read the index")
+        }
+        let json: JSONValue
+        do {
+            json = try data.withUnsafeBytes { try JSONParser.parse($0) }
+        } catch let e as JSONParser.Failure {
+            if let dup = e.duplicateKey { throw SafetensorsError(.duplicateKey, file: path, key: dup, "duplicate key in the index\(e.context)") }
+            throw SafetensorsError(.invalidJSON, file: path, "the index is not valid JSON: \(e.message) at byte \(e.offset)")
+        }
+        guard case .object(let top) = json, let wm = top.first(where: { $0.key == "weight_map" })?.value,
+              case .object(let pairs) = wm else {
+            throw SafetensorsError(.invalidIndex, file: path, "the index has no \"weight_map\" object")
+        }
+        var map: [String: String] = [:]
+        for (t, v) in pairs {
+            guard case .string(let f) = v, !f.isEmpty, !f.contains("/"), f != ".", f != ".." else {
+                throw SafetensorsError(.invalidIndex, file: path, key: t, "weight_map value \(v.text) is not a shard file name")
+            }
+            map[t] = f
+        }
+        var total: Int?
+        if let m = top.first(where: { $0.key == "metadata" })?.value, case .object(let mm) = m,
+           let ts = mm.first(where: { $0.key == "total_size" })?.value {
+            total = ts.usize()
+        }
+        return (map, total)
+    }
+
+    public func contains(_ name: String) -> Bool { fileOf[name] != nil }
+
+    /// The shard holding `name`.
+    public func file(for name: String) throws -> SafetensorsFile {
+        guard let f = fileOf[name] else {
+            throw SafetensorsError(.tensorNotFound, file: indexPath ?? directory, key: name, "no such tensor in the checkpoint (\(names.count) tensors)")
+        }
+        return f
+    }
+
+    public func info(_ name: String) throws -> SafetensorsEntry { try file(for: name).info(name) }
+    public func tensor(_ name: String) throws -> Tensor { try file(for: name).tensor(name) }
+    public func ints(_ name: String) throws -> [Int64] { try file(for: name).ints(name) }
+    public func bf16(_ name: String) throws -> BF16Tensor { try file(for: name).bf16(name) }
+
+    /// Every F32/F16/BF16 tensor in fp32, by name.
+    public func floatTensors() throws -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        for f in files { out.merge(try f.floatTensors()) { a, _ in a } }
+        return out
+    }
+}
+
+// MARK: - writing
+
+public enum Safetensors {
+    public static let indexName = "model.safetensors.index.json"
+    public static let singleName = "model.safetensors"
+
+    /// Shard file name as written by transformers: `model-00001-of-00003.safetensors`.
+    public static func shardName(_ i: Int, of n: Int) -> String {
+        func pad(_ v: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
+        return "model-\(pad(i))-of-\(pad(n)).safetensors"
+    }
+
+    /// Byte order of names, as Rust's `str::cmp`.
+    static func sortedNames<S: Sequence>(_ names: S) -> [String] where S.Element == String {
+        names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+    }
+
+    static func checkWritable(_ dtype: DType, _ path: String) throws {
+        guard dtype == .f32 || dtype == .f16 || dtype == .bf16 else {
+            throw SafetensorsError(.unsupportedDType, file: path, "cannot write dtype \(dtype.name): only F32, F16 and BF16")
+        }
+    }
+
+    /// The padded header for tensors written in name order (what `safetensors.torch.save_file` produces
+    /// when every tensor has the same dtype): compact JSON, `__metadata__` first, spaces up to a multiple of 8.
+    static func header(_ tensors: [(String, [Int])], dtype: DType, metadata: [String: String]?) -> [UInt8] {
+        var s = "{"
+        var first = true
+        if let metadata {
+            s += "\"__metadata__\":{"
+            s += sortedNames(metadata.keys).map { jsonString($0) + ":" + jsonString(metadata[$0]!) }.joined(separator: ",")
+            s += "}"
+            first = false
+        }
+        var offset = 0
+        for (name, shape) in tensors {
+            let bytes = product(shape) * dtype.byteSize
+            if !first { s += "," }
+            first = false
+            s += jsonString(name) + ":{\"dtype\":\"\(dtype.name)\",\"shape\":[" + shape.map(String.init).joined(separator: ",")
+                + "],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            offset += bytes
+        }
+        s += "}"
+        var out = Array(s.utf8)
+        out += [UInt8](repeating: UInt8(ascii: " "), count: (8 - out.count % 8) % 8)
+        return out
+    }
+
+    /// JSON string literal escaped as serde_json does.
+    static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            default:
+                if u.value < 0x20 {
+                    let h = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+
+    /// Writes `tensors` as one safetensors file in `dtype` (F32, F16 or BF16; rounding to nearest even),
+    /// sorted by name, header padded to 8 bytes. Atomic: a temporary file is written, fsynced and renamed
+    /// over `path`, so `path` is never left half-written.
+    public static func write(_ tensors: [String: Tensor], to path: String, dtype: DType = .f32,
+                             metadata: [String: String]? = nil) throws {
+        try checkWritable(dtype, path)
+        if tensors["__metadata__"] != nil {
+            throw SafetensorsError(.invalidName, file: path, key: "__metadata__", "reserved name, cannot be a tensor")
+        }
+        let order = sortedNames(tensors.keys)
+        let head = header(order.map { ($0, tensors[$0]!.shape) }, dtype: dtype, metadata: metadata)
+        try AtomicFile.write(path) { w in
+            var n = UInt64(head.count).littleEndian
+            try withUnsafeBytes(of: &n) { try w.write($0) }
+            try head.withUnsafeBytes { try w.write($0) }
+            let chunk = 1 << 18
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk * 4, alignment: 64)
+            defer { buf.deallocate() }
+            for name in order {
+                let t = tensors[name]!.contiguousData()
+                var i = 0
+                while i < t.count {
+                    let m = min(chunk, t.count - i)
+                    if dtype == .f32 {
+                        try w.write(UnsafeRawBufferPointer(start: t.ptr + i, count: 4 * m))
+                    } else {
+                        Convert.fromF32(dtype, t.ptr + i, buf, count: m)
+                        try w.write(UnsafeRawBufferPointer(start: buf, count: 2 * m))
+                    }
+                    i += m
+                }
+            }
+        }
+    }
+
+    /// Writes a checkpoint directory the way transformers' `save_pretrained` does: tensors in name order
+    /// are packed greedily into shards of at most `maxShardBytes` (a larger tensor gets a shard of its
+    /// own), written as `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json`
+    /// (`{"metadata": {"total_size": bytes}, "weight_map": {name: file}}`); a checkpoint that fits in one
+    /// shard is written as `model.safetensors` without an index. Every file is written atomically, the
+    /// index last; checkpoint files left from an earlier save and not part of this one are then removed.
+    /// Returns the file names written.
+    @discardableResult
+    public static func writeSharded(_ tensors: [String: Tensor], to directory: String, maxShardBytes: Int,
+                                    dtype: DType = .f32, metadata: [String: String]? = ["format": "pt"]) throws -> [String] {
+        try checkWritable(dtype, directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var shards: [[String]] = []
+        var current: [String] = [], currentBytes = 0, total = 0
+        for name in sortedNames(tensors.keys) {
+            let bytes = tensors[name]!.count * dtype.byteSize
+            if !current.isEmpty && currentBytes + bytes > maxShardBytes {
+                shards.append(current)
+                current = []
+                currentBytes = 0
+            }
+            current.append(name)
+            currentBytes += bytes
+            total += bytes
+        }
+        if !current.isEmpty || shards.isEmpty { shards.append(current) }
+        func path(_ f: String) -> String { (directory as NSString).appendingPathComponent(f) }
+        var written: [String] = []
+        if shards.count == 1 {
+            try write(tensors, to: path(singleName), dtype: dtype, metadata: metadata)
+            written = [singleName]
+        } else {
+            var weightMap: [(String, String)] = []
+            for (i, names) in shards.enumerated() {
+                let f = shardName(i + 1, of: shards.count)
+                var part: [String: Tensor] = [:]
+                for n in names { part[n] = tensors[n]!; weightMap.append((n, f)) }
+                try write(part, to: path(f), dtype: dtype, metadata: metadata)
+                written.append(f)
+            }
+            var s = "{\n  \"metadata\": {\n    \"total_size\": \(total)\n  },\n  \"weight_map\": {\n"
+            s += weightMap.map { "    \(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ",\n")
+            s += "\n  }\n}\n"
+            let bytes = Array(s.utf8)
+            try AtomicFile.write(path(indexName)) { w in try bytes.withUnsafeBytes { try w.write($0) } }
+            written.append(indexName)
+        }
+        // remove what an earlier save left behind, so the directory reader never mixes two checkpoints
+        let keep = Set(written)
+        for f in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where !keep.contains(f) {
+            let stale = f == indexName || f == singleName
+                || (f.hasPrefix("model-") && f.hasSuffix(".safetensors") && f.contains("-of-"))
+            if stale { unlink(path(f)) }
+        }
+        return written
+    }
+}
+
+private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
+
+/// Writes a file atomically: `path.tmp-<pid>`, fsync, rename over `path`, fsync the directory. On any
+/// error the temporary file is removed and `path` is untouched.
+enum AtomicFile {
+    struct Writer {
+        let fd: Int32
+        let path: String
+        func write(_ bytes: UnsafeRawBufferPointer) throws {
+            var done = 0
+            while done < bytes.count {
+                let r = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    throw SafetensorsError(.io, file: path, "write failed: \(String(cString: strerror(errno)))")
+                }
+                done += r
+            }
+        }
+    }
+
+    static func write(_ path: String, _ body: (Writer) throws -> Void) throws {
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw SafetensorsError(.io, file: path, "cannot create \(tmp): \(String(cString: strerror(errno)))")
+        }
+        var closed = false
+        do {
+            try body(Writer(fd: fd, path: tmp))
+            guard fsync(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "fsync failed: \(String(cString: strerror(errno)))") }
+            closed = true
+            guard close(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "close failed: \(String(cString: strerror(errno)))") }
+            guard rename(tmp, path) == 0 else {
+                throw SafetensorsError(.io, file: path, "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            if !closed { close(fd) }
+            unlink(tmp)
+            throw error
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+}
+
+// MARK: - JSON
+
+/// A parsed JSON value that keeps object members in order (so duplicates can be reported) and numbers
+/// as their literal text (offsets need exact 64-bit integers).
+enum JSONValue {
+    case object([(key: String, value: JSONValue)])
+    case array([JSONValue])
+    case string(String)
+    case number(String)
+    case bool(Bool)
+    case null
+
+    /// A non-negative integer that fits in Int (serde's `usize`), else nil.
+    func usize() -> Int? {
+        guard case .number(let t) = self, !t.isEmpty, t.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return Int(t)
+    }
+
+    /// Short text for error messages.
+    var text: String {
+        switch self {
+        case .object(let m): return "{" + m.prefix(3).map { "\"\($0.key)\": \($0.value.text)" }.joined(separator: ", ") + (m.count > 3 ? ", ...}" : "}")
+        case .array(let a): return "[" + a.prefix(8).map(\.text).joined(separator: ", ") + (a.count > 8 ? ", ...]" : "]")
+        case .string(let s): return "\"\(s.prefix(40))\""
+        case .number(let t): return t
+        case .bool(let b): return b ? "true" : "false"
+        case .null: return "null"
+        }
+    }
+}
+
+/// A strict RFC 8259 parser (what serde_json accepts): no trailing commas, no comments, no raw control
+/// characters in strings, no lone surrogates, nesting at most 128 deep, trailing whitespace allowed.
+/// Duplicate keys in any object are an error. Keys are compared as Swift strings, so two spellings of
+/// the same text (NFC vs NFD) also count as duplicates, where serde would keep both: they could not be
+/// told apart by name here anyway.
+struct JSONParser {
+    struct Failure: Error {
+        let message: String
+        let offset: Int
+        var duplicateKey: String?
+        var context = ""
+    }
+
+    let b: UnsafeRawBufferPointer
+    var i = 0
+    var depth = 0
+
+    static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSONValue {
+        var p = JSONParser(b: bytes)
+        p.skipWS()
+        let v = try p.value()
+        p.skipWS()
+        if p.i != bytes.count { throw p.fail("trailing characters after the JSON value") }
+        return v
+    }
+
+    func fail(_ m: String) -> Failure { Failure(message: m, offset: i) }
+
+    mutating func skipWS() {
+        while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 }
+    }
+
+    mutating func expect(_ lit: String) throws {
+        for c in lit.utf8 {
+            guard i < b.count, b[i] == c else { throw fail("invalid literal, expected \(lit)") }
+            i += 1
+        }
+    }
+
+    mutating func value() throws -> JSONValue {
+        guard i < b.count else { throw fail("unexpected end of input") }
+        switch b[i] {
+        case UInt8(ascii: "{"): return try object()
+        case UInt8(ascii: "["): return try array()
+        case UInt8(ascii: "\""): return .string(try string())
+        case UInt8(ascii: "t"): try expect("true"); return .bool(true)
+        case UInt8(ascii: "f"): try expect("false"); return .bool(false)
+        case UInt8(ascii: "n"): try expect("null"); return .null
+        case UInt8(ascii: "-"), 48...57: return try number()
+        default: throw fail("unexpected character '\(Character(Unicode.Scalar(b[i])))'")
+        }
+    }
+
+    mutating func nest() throws {
+        depth += 1
+        if depth > 128 { throw fail("nesting deeper than 128") }
+    }
+
+    mutating func object() throws -> JSONValue {
+        try nest()
+        i += 1
+        var members: [(key: String, value: JSONValue)] = []
+        var seen = Set<String>()
+        skipWS()
+        if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; depth -= 1; return .object(members) }
+        while true {
+            skipWS()
+            guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+            let keyAt = i
+            let key = try string()
+            if !seen.insert(key).inserted {
+                var f = Failure(message: "duplicate key '\(key)'", offset: keyAt)
+                f.duplicateKey = key
+                if depth > 1 { f.context = " (nested at depth \(depth), byte \(keyAt))" }
+                throw f
+            }
+            skipWS()
+            guard i < b.count, b[i] == UInt8(ascii: ":") else { throw fail("expected ':' after a key") }
+            i += 1
+            skipWS()
+            let v = try value()
+            members.append((key, v))
+            skipWS()
+            guard i < b.count else { throw fail("unexpected end of input in an object") }
+            if b[i] == UInt8(ascii: ",") { i += 1; continue }
+            if b[i] == UInt8(ascii: "}") { i += 1; break }
+            throw fail("expected ',' or '}' in an object")
+        }
+        depth -= 1
+        return .object(members)
+    }
+
+    mutating func array() throws -> JSONValue {
+        try nest()
+        i += 1
+        var items: [JSONValue] = []
+        skipWS()
+        if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; depth -= 1; return .array(items) }
+        while true {
+            skipWS()
+            items.append(try value())
+            skipWS()
+            guard i < b.count else { throw fail("unexpected end of input in an array") }
+            if b[i] == UInt8(ascii: ",") { i += 1; continue }
+            if b[i] == UInt8(ascii: "]") { i += 1; break }
+            throw fail("expected ',' or ']' in an array")
+        }
+        depth -= 1
+        return .array(items)
+    }
+
+    mutating func hex4() throws -> UInt32 {
+        guard i + 4 <= b.count else { throw fail("truncated \\u escape") }
+        var v: UInt32 = 0
+        for _ in 0..<4 {
+            let c = b[i]
+            let d: UInt32
+            switch c {
+            case 48...57: d = UInt32(c - 48)
+            case 65...70: d = UInt32(c - 55)
+            case 97...102: d = UInt32(c - 87)
+            default: throw fail("invalid hex digit in \\u escape")
+            }
+            v = v << 4 | d
+            i += 1
+        }
+        return v
+    }
+
+    mutating func string() throws -> String {
+        i += 1  // opening quote
+        var out: [UInt8] = []
+        while true {
+            guard i < b.count else { throw fail("unterminated string") }
+            let c = b[i]
+            if c == UInt8(ascii: "\"") { i += 1; break }
+            if c < 0x20 { throw fail("raw control character in a string") }
+            if c != UInt8(ascii: "\\") { out.append(c); i += 1; continue }
+            i += 1
+            guard i < b.count else { throw fail("unterminated escape") }
+            let e = b[i]
+            i += 1
+            switch e {
+            case UInt8(ascii: "\""): out.append(0x22)
+            case UInt8(ascii: "\\"): out.append(0x5C)
+            case UInt8(ascii: "/"): out.append(0x2F)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "u"):
+                var cp = try hex4()
+                if cp >= 0xD800 && cp < 0xDC00 {
+                    guard i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") else {
+                        throw fail("lone leading surrogate in \\u escape")
+                    }
+                    i += 2
+                    let lo = try hex4()
+                    guard lo >= 0xDC00 && lo < 0xE000 else { throw fail("invalid trailing surrogate in \\u escape") }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                } else if cp >= 0xDC00 && cp < 0xE000 {
+                    throw fail("lone trailing surrogate in \\u escape")
+                }
+                out.append(contentsOf: Array(String(Unicode.Scalar(cp)!).utf8))
+            default:
+                throw fail("invalid escape '\\\(Character(Unicode.Scalar(e)))'")
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    mutating func number() throws -> JSONValue {
+        let start = i
+        func digits(_ p: inout JSONParser) -> Int {
+            let s = p.i
+            while p.i < p.b.count, p.b[p.i] >= 48 && p.b[p.i] <= 57 { p.i += 1 }
+            return p.i - s
+        }
+        if b[i] == UInt8(ascii: "-") { i += 1 }
+        guard i < b.count, b[i] >= 48 && b[i] <= 57 else { throw fail("invalid number") }
+        if b[i] == 48 { i += 1 } else { _ = digits(&self) }
+        if i < b.count, b[i] == UInt8(ascii: ".") {
+            i += 1
+            if digits(&self) == 0 { throw fail("invalid number: no digits after '.'") }
+        }
+        if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
+            i += 1
+            if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
+            if digits(&self) == 0 { throw fail("invalid number: no exponent digits") }
+        }
+        return .number(String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<i]), as: UTF8.self))
+    }
+}
