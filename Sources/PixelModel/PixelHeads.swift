@@ -6,7 +6,7 @@ import PixelTensor
 //   TextHiddenFCs         model.text_hidden_fcs: Linear(H, H) ReLU Linear(H, C) Dropout(0)
 //   TokenFusion           N codebook tokens of a scale -> one query (the released fixed mean, or learned)
 //   segHiddenRows / gatherSegQueries   the SEG gathering math
-//   postprocessMasks      low-res logits -> the original image size
+//   postprocessMasks      low-res logits -> the original image size; maskScores
 //   PixelDecoderSide      all of it for one config, named like the released checkpoint (prefix "model")
 //
 // Token fusion. The paper fuses the N tokens h_l^1..h_l^N of scale l with "a linear projection layer phi".
@@ -181,6 +181,22 @@ public func postprocessMasks(_ low: Tensor, inputSize: (height: Int, width: Int)
     let full = resizeBilinear(low, height: t, width: t)
     let crop = full.slice(axis: 2, 0, inputSize.height).slice(axis: 3, 0, inputSize.width)
     return resizeBilinear(crop, height: originalSize.height, width: originalSize.width)
+}
+
+/// The released `mask_score` of each mask (returned, never used in metrics): the mean of sigmoid(logit)
+/// over the pixels with logit > 0, i.e. sum(sigmoid(x) [x > 0]) / (count(x > 0) + 1e-6). logits [K, ...] -> K values.
+public func maskScores(_ logits: Tensor) -> [Float] {
+    guard logits.rank >= 1, logits.dim(0) > 0 else { return [] }
+    let K = logits.dim(0), n = logits.count / K
+    let x = logits.contiguousData()
+    return (0..<K).map { k in
+        var s = 0.0, c = 0.0
+        for i in 0..<n {
+            let v = Double(x.ptr[k * n + i])
+            if v > 0 { s += 1 / (1 + Foundation.exp(-v)); c += 1 }
+        }
+        return Float(s / (c + 1e-6))
+    }
 }
 
 // MARK: - everything on the decoder side

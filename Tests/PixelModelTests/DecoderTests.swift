@@ -63,7 +63,8 @@ final class DecoderTests: XCTestCase {
         assertMatches(out.lowRes, all["out/low"]!, tol: Self.forwardTol, "low-res logits [K,1,4g,4g]")
         let post = postprocessMasks(out.lowRes, inputSize: (inSize[0], inSize[1]), originalSize: (origSize[0], origSize[1]))
         assertMatches(post, all["out/post"]!, tol: Self.forwardTol, "post-processed logits")
-        for (what, t) in [("E", E), ("level0", out.levels[0]), ("level1", out.levels[1]), ("low", out.lowRes), ("post", post)] {
+        for (what, t) in [("pe0", side.promptEncoder.densePE().squeeze(0)), ("fcs", sq.projected!), ("queries", q), ("E", E),
+                          ("level0", out.levels[0]), ("level1", out.levels[1]), ("low", out.lowRes), ("post", post)] {
             print("decoder fixture forward \(what): rel error \(modelRelError(t, all["out/\(what)"]!))")
         }
 
@@ -224,6 +225,14 @@ final class DecoderTests: XCTestCase {
         let h = side.textHiddenFCs(hidden.slice(axis: 0, 0, 6))
         let level1 = (h.slice(axis: 0, 3, 4) + h.slice(axis: 0, 4, 5) + h.slice(axis: 0, 5, 6)) * (1 / Float(3))
         assertMatches(sq.queries!.slice(axis: 1, 1, 2).reshape([1, 32]), level1, tol: 1e-5, "level-1 query = mean of SEG3..5")
+    }
+
+    func testMaskScores() {
+        let x = Tensor([2, -1, 0, 0.5, /* target 1: nothing above 0 */ -3, -2, 0, -0.1], shape: [2, 2, 2])
+        let s = maskScores(x)
+        let sig = { (v: Double) in 1 / (1 + Foundation.exp(-v)) }
+        XCTAssertEqual(Double(s[0]), (sig(2) + sig(0.5)) / (2 + 1e-6), accuracy: 1e-6)
+        XCTAssertEqual(s[1], 0)
     }
 
     func testSingleLevelConfigDecodesAtTwiceTheGrid() throws {
