@@ -91,8 +91,10 @@ public enum TensorFile {
         return out
     }
 
-    /// Reads one dataset, converted to fp32.
-    public static func read(_ path: String, name: String) throws -> Tensor {
+    /// Opens dataset `name` of `path` (under the lock) and passes it with its shape and type class
+    /// (0 float, 1 integer, 2 other) to `body`. Errors name the file and the dataset.
+    static func withDataset<T>(_ path: String, _ name: String,
+                               _ body: (_ dset: hid_t, _ shape: [Int], _ typeClass: Int32) throws -> T) throws -> T {
         lock.lock(); defer { lock.unlock() }
         pixel_h5_quiet()
         guard FileManager.default.fileExists(atPath: path) else { throw TensorFileError(file: path, message: "no such file") }
@@ -108,54 +110,44 @@ public enum TensorFile {
         let r = Int(H5Sget_simple_extent_ndims(space))
         var dims = [hsize_t](repeating: 0, count: max(r, 1))
         H5Sget_simple_extent_dims(space, &dims, nil)
-        let shape = (0..<r).map { Int(dims[$0]) }
         var size = 0
         let cls = pixel_h5_dataset_type_class(dset, &size)
-        guard cls == 0 || cls == 1 else {
-            throw TensorFileError(file: path, message: "dataset '\(name)' is neither float nor integer")
+        return try body(dset, (0..<r).map { Int(dims[$0]) }, cls)
+    }
+
+    static func readInt64(_ dset: hid_t, count: Int, _ path: String, _ name: String) throws -> [Int64] {
+        var tmp = [Int64](repeating: 0, count: count)
+        try h5(H5Dread(dset, pixel_h5t_native_int64(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), &tmp), "H5Dread", path, name)
+        return tmp
+    }
+
+    /// Reads one dataset, converted to fp32.
+    public static func read(_ path: String, name: String) throws -> Tensor {
+        try withDataset(path, name) { dset, shape, cls in
+            guard cls == 0 || cls == 1 else {
+                throw TensorFileError(file: path, message: "dataset '\(name)' is neither float nor integer")
+            }
+            let t = Tensor(empty: shape)
+            if cls == 0 {
+                try h5(H5Dread(dset, pixel_h5t_native_float(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), t.ptr), "H5Dread", path, name)
+            } else {
+                let v = try readInt64(dset, count: t.count, path, name)
+                for i in 0..<t.count { t.ptr[i] = Float(v[i]) }
+            }
+            return t
         }
-        let t = Tensor(empty: shape)
-        if cls == 0 {
-            try h5(H5Dread(dset, pixel_h5t_native_float(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), t.ptr), "H5Dread", path, name)
-        } else {
-            var tmp = [Int64](repeating: 0, count: t.count)
-            try h5(H5Dread(dset, pixel_h5t_native_int64(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), &tmp), "H5Dread", path, name)
-            for i in 0..<t.count { t.ptr[i] = Float(tmp[i]) }
-        }
-        return t
     }
 
     /// True when the dataset holds integers.
     public static func isInteger(_ path: String, name: String) throws -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        pixel_h5_quiet()
-        let file = try h5(H5Fopen(path, pixel_h5f_acc_rdonly(), pixel_h5p_default()), "H5Fopen", path)
-        defer { H5Fclose(file) }
-        let dset = try h5(H5Dopen2(file, name, pixel_h5p_default()), "H5Dopen2", path, name)
-        defer { H5Dclose(dset) }
-        var size = 0
-        return pixel_h5_dataset_type_class(dset, &size) == 1
+        try withDataset(path, name) { _, _, cls in cls == 1 }
     }
 
     /// Reads an integer dataset exactly (indices, token ids).
     public static func readInts(_ path: String, name: String) throws -> (values: [Int64], shape: [Int]) {
-        lock.lock(); defer { lock.unlock() }
-        pixel_h5_quiet()
-        let file = try h5(H5Fopen(path, pixel_h5f_acc_rdonly(), pixel_h5p_default()), "H5Fopen", path)
-        defer { H5Fclose(file) }
-        guard H5Lexists(file, name, pixel_h5p_default()) > 0 else {
-            throw TensorFileError(file: path, message: "no dataset named '\(name)'")
+        try withDataset(path, name) { dset, shape, cls in
+            guard cls == 1 else { throw TensorFileError(file: path, message: "dataset '\(name)' does not hold integers") }
+            return (try readInt64(dset, count: product(shape), path, name), shape)
         }
-        let dset = try h5(H5Dopen2(file, name, pixel_h5p_default()), "H5Dopen2", path, name)
-        defer { H5Dclose(dset) }
-        let space = try h5(H5Dget_space(dset), "H5Dget_space", path, name)
-        defer { H5Sclose(space) }
-        let r = Int(H5Sget_simple_extent_ndims(space))
-        var dims = [hsize_t](repeating: 0, count: max(r, 1))
-        H5Sget_simple_extent_dims(space, &dims, nil)
-        let shape = (0..<r).map { Int(dims[$0]) }
-        var tmp = [Int64](repeating: 0, count: product(shape))
-        try h5(H5Dread(dset, pixel_h5t_native_int64(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), &tmp), "H5Dread", path, name)
-        return (tmp, shape)
     }
 }

@@ -1,10 +1,11 @@
 import ArgumentParser
 import Foundation
+import PixelModel
 import PixelTensor
 
 /// `pixellm demo`: the autograd core learning something small, start to finish, on this machine.
 /// A 2-32-32-1 MLP learns which points of the plane lie inside a disc (a one-pixel-at-a-time
-/// segmentation), with a tape-recorded forward, `backward()`, and a hand-written AdamW step.
+/// segmentation), with a tape-recorded forward, `backward()`, and AdamW.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a tiny MLP with the autograd core to segment a disc (until the smoke training run exists).")
@@ -28,7 +29,7 @@ struct Demo: ParsableCommand {
         }
         let (w1, b1) = layer(2, 32), (w2, b2) = layer(32, 32), (w3, b3) = layer(32, 1)
         let params = [w1, b1, w2, b2, w3, b3]
-        var opt = TinyAdamW(params: params, lr: lr)
+        let opt = AdamW(params: params, lr: lr, weightDecay: 0)
         func forward() -> Tensor { linear(linear(linear(pts, w1, b1).tanh(), w2, b2).tanh(), w3, b3).tanh() }
         func accuracy(_ pred: Tensor) -> Double {
             var ok = 0
@@ -43,7 +44,7 @@ struct Demo: ParsableCommand {
             let pred = forward()
             let loss = (pred - labels).square().mean()
             loss.backward()
-            opt.step()
+            opt.update()
             if step == 0 { first = loss.item }
             last = loss.item
             if step % max(steps / 8, 1) == 0 {
@@ -53,35 +54,5 @@ struct Demo: ParsableCommand {
         let acc = Autograd.noGrad { accuracy(forward()) }
         print(String(format: "  done in %.2f s: loss %.4f -> %.4f, pixel accuracy %.1f%%", Date().timeIntervalSince(t0), first, last, 100 * acc))
         if !(last < first * 0.5) { throw ValidationError("the demo did not learn (loss \(first) -> \(last))") }
-    }
-}
-
-/// AdamW over a list of tensors (the demo's optimiser; the training system has the sharded one).
-struct TinyAdamW {
-    let params: [Tensor]
-    var m: [Tensor], v: [Tensor]
-    var t = 0
-    let lr: Float, b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8, wd: Float = 0
-
-    init(params: [Tensor], lr: Float) {
-        self.params = params
-        self.lr = lr
-        m = params.map { Tensor.zeros($0.shape) }
-        v = params.map { Tensor.zeros($0.shape) }
-    }
-
-    mutating func step() {
-        t += 1
-        let c1 = 1 - Foundation.pow(b1, Float(t)), c2 = 1 - Foundation.pow(b2, Float(t))
-        for (k, p) in params.enumerated() {
-            guard let g = p.grad else { continue }
-            let pp = p.ptr, gp = g.ptr, mp = m[k].ptr, vp = v[k].ptr
-            for i in 0..<p.count {
-                mp[i] = b1 * mp[i] + (1 - b1) * gp[i]
-                vp[i] = b2 * vp[i] + (1 - b2) * gp[i] * gp[i]
-                let mh = mp[i] / c1, vh = vp[i] / c2
-                pp[i] -= lr * (mh / (vh.squareRoot() + eps) + wd * pp[i])
-            }
-        }
     }
 }
