@@ -1,0 +1,1 @@
+// PixelText: tokenizers and conversation templates.
