@@ -42,6 +42,34 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(t2.encode("aab", addSpecialTokens: false), [1, 3])
     }
 
+    /// BPE options the LLaMA files do not use but the format has.
+    func testOtherBPEOptions() throws {
+        let v = ###""vocab":{"<unk>":0,"a":1,"b":2,"ab":3,"##b":4,"a</w>":5,"b</w>":6}"###
+        // fuse_unk on/off
+        var t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[],"unk_token":"<unk>","fuse_unk":true}"#)))
+        XCTAssertEqual(t.encode("xyab", addSpecialTokens: false), [0, 1, 2])
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[],"unk_token":"<unk>","fuse_unk":false}"#)))
+        XCTAssertEqual(t.encode("xyab", addSpecialTokens: false), [0, 0, 1, 2])
+        // no unk_token: unknown characters vanish
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[]}"#)))
+        XCTAssertEqual(t.encode("xab", addSpecialTokens: false), [1, 2])
+        // ignore_merges: a whole word in the vocab is taken as is
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[],"ignore_merges":true}"#)))
+        XCTAssertEqual(t.encode("ab", addSpecialTokens: false), [3])
+        // continuing_subword_prefix / end_of_word_suffix
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: ###"{"type":"BPE",\###(v),"merges":[],"continuing_subword_prefix":"##"}"###)))
+        XCTAssertEqual(t.encode("ab", addSpecialTokens: false), [1, 4])
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[],"end_of_word_suffix":"</w>"}"#)))
+        XCTAssertEqual(t.encode("ab", addSpecialTokens: false), [1, 6])
+        // no decoder: tokens joined by spaces; Strip with stop
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(model: #"{"type":"BPE",\#(v),"merges":[]}"#)))
+        XCTAssertEqual(t.decode([1, 2, 3]), "a b ab")
+        t = try HFTokenizer(path: writeJSON(tokenizerJSON(
+            model: #"{"type":"BPE",\#(v),"merges":[]}"#,
+            decoder: #"{"type":"Sequence","decoders":[{"type":"Fuse"},{"type":"Strip","content":"a","start":1,"stop":2}]}"#)))
+        XCTAssertEqual(t.decode([1, 2, 3, 1]), "bab")
+    }
+
     func testMissingFiles() {
         expectError({ _ = try HFTokenizer(path: dir + "/nope.json") }, contains: ["nope.json", "no such file"])
         expectError({ _ = try SentencePieceModel(path: dir + "/nope.model") }, contains: ["nope.model", "no such file"])
