@@ -28,11 +28,12 @@ let package = Package(
         ),
         .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
         .target(name: "PixelModel", dependencies: ["PixelTensor"], swiftSettings: kernelSettings),
+        .target(name: "PixelText", dependencies: [], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "pixellm",
             dependencies: [
-                "PixelTensor", "PixelModel", "PixelDistributed", "CPixelShims",
+                "PixelTensor", "PixelModel", "PixelText", "PixelDistributed", "CPixelShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings
@@ -47,6 +48,7 @@ let package = Package(
             dependencies: ["PixelModel", "PixelTensor"],
             resources: [.copy("Fixtures")]
         ),
+        .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
     ],
     swiftLanguageModes: [.v5]
