@@ -28,11 +28,15 @@ let package = Package(
         ),
         .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
         .target(name: "PixelModel", dependencies: ["PixelTensor"], swiftSettings: kernelSettings),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .target(name: "CPixelImage", dependencies: ["CJPEG", "CPNG"], cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "PixelData", dependencies: ["CPixelImage", "PixelTensor"], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "pixellm",
             dependencies: [
-                "PixelTensor", "PixelModel", "PixelDistributed", "CPixelShims",
+                "PixelTensor", "PixelModel", "PixelData", "PixelDistributed", "CPixelShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings
@@ -47,6 +51,7 @@ let package = Package(
             dependencies: ["PixelModel", "PixelTensor"],
             resources: [.copy("Fixtures")]
         ),
+        .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
     ],
     swiftLanguageModes: [.v5]
