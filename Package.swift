@@ -29,11 +29,15 @@ let package = Package(
         .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
         .target(name: "PixelModel", dependencies: ["PixelTensor"], swiftSettings: kernelSettings),
         .target(name: "PixelText", dependencies: [], swiftSettings: kernelSettings),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .target(name: "CPixelImage", dependencies: ["CJPEG", "CPNG"], cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "PixelData", dependencies: ["CPixelImage", "PixelTensor"], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "pixellm",
             dependencies: [
-                "PixelTensor", "PixelModel", "PixelText", "PixelDistributed", "CPixelShims",
+                "PixelTensor", "PixelModel", "PixelText", "PixelData", "PixelDistributed", "CPixelShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings
@@ -49,6 +53,7 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
     ],
     swiftLanguageModes: [.v5]

@@ -1,0 +1,1 @@
+// PixelData: images, masks, datasets, shards and the sampler.
