@@ -37,6 +37,9 @@ check "doctor respects a user-set OPENBLAS_CORETYPE" bash -c \
   "OPENBLAS_CORETYPE=Haswell '$PIXELLM' doctor --reps 1 | grep -q 'blas core      Haswell   (requested Haswell, from user'"
 check "doctor under mpirun -np 2 reports rank/size" bash -c \
   "mpirun $MPIRUN_FLAGS -np 2 '$PIXELLM' doctor --reps 1 | grep -q 'rank 0 of 2 (launched by mpirun)'"
+check "tokenize: SEG tokens keep distinct ids, decode round-trips" bash -c \
+  "'$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --text 'It is [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].' | grep -q '1503, 1504, 1505, 1506, 1507, 1508' && \
+   '$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --decode --skip-special --text \"\$('$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --text 'a red square')\" | grep -qx '\"a red square\"'"
 check "demo: the autograd core learns" bash -c "'$PIXELLM' demo --steps 200 >/dev/null"
 
 echo "tests: $passed passed, $failed failed"
