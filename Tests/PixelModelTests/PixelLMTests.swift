@@ -460,11 +460,12 @@ final class PixelLMTests: XCTestCase {
         let S = c.resizeVisionTowerSize
         let pixels = Tensor.randn([1, 3, S, S], rng: &rng)
         let seg = model.segTokenIds
-        var ids = [1] + (0..<8).map { 100 + $0 } + [32001, PixelLMTokens.image, 32002] + (0..<6).map { 200 + $0 }
-        ids += [300, 301] + seg + [2]
-        let labels = [Int](repeating: PixelLMTokens.ignore, count: ids.count - seg.count - 3) + [301] + seg + [2]
+        let prompt = [1] + (0..<8).map { 100 + $0 } + [32001, PixelLMTokens.image, 32002] + (0..<6).map { 200 + $0 }
+        let answer = [300, 301] + seg + [2]
+        let ids = prompt + answer
+        let labels = [Int](repeating: PixelLMTokens.ignore, count: prompt.count) + answer
         let batch = PixelLMBatch(pixels: pixels, validSizes: [(S, 336)], originalSizes: [(640, 480)],
-                                 conversations: [PixelLMConversation(imageIndex: 0, inputIds: ids, labels: Array(labels.suffix(ids.count)),
+                                 conversations: [PixelLMConversation(imageIndex: 0, inputIds: ids, labels: labels,
                                                                      targetMasks: Tensor.zeros([1, 640, 480]))])
         CachingAllocator.shared.resetPeak()
         let t1 = Date()
