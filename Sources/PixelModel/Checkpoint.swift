@@ -130,7 +130,7 @@ public enum PixelLMCheckpoint {
     public static func open(_ directory: String, visionDirectory: String? = nil, segTokenIds: [Int]? = nil) throws -> PixelLMForCausalLM {
         let config = try PixelLMConfig.load((directory as NSString).appendingPathComponent(configName))
         var rng = RNG(seed: 0)
-        let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, init: nil, rng: &rng)
+        let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
         try load(model, from: directory)
         if let visionDirectory { try loadVision(model, from: visionDirectory) }
         return model
@@ -153,7 +153,8 @@ public enum PixelLMCheckpoint {
     /// Refuses a checkpoint whose shapes say the model has other sizes than `config` (first field that
     /// differs, in the order hidden_size, num_hidden_layers, vocab_size, intermediate_size,
     /// num_key_value_heads, mm_hidden_size, out_dim, image_feature_scale_num, decoder_config.prompt_embed_dim,
-    /// token_fusion, seg_token_ids). Fields whose tensors are absent are left to the name check.
+    /// token_fusion, seg_token_num (learned fusion only: the mean fusion has no weight that shows N),
+    /// seg_token_ids). Fields whose tensors are absent are left to the name check.
     public static func checkConfig(_ config: PixelLMConfig, segTokenIds: [Int], shapes: [String: [Int]], source: String) throws {
         func fail(_ field: String, _ c: Any, _ k: Any, _ evidence: String) throws {
             throw CheckpointConfigMismatch(field: field, configValue: "\(c)", checkpointValue: "\(k)", evidence: evidence, source: source)
@@ -198,6 +199,12 @@ public enum PixelLMCheckpoint {
             try fail("token_fusion", "\"\(config.tokenFusion)\"", learned ? "\"mean\" (no token_fusion weights)" : "\"learned\"",
                      learned ? "\(fusion) absent" : ev(fusion))
         }
+        if learned, let s = shapes[fusion], s.count == 2, s[1] != config.segTokenNum * config.outDim {
+            try fail("seg_token_num", config.segTokenNum, "\(s[1]) / out_dim \(config.outDim)", ev(fusion))
+        }
+        // The SEG ids are rows of the vocabulary: the vocab_size check above covers the released layout (the
+        // N*L SEG tokens are the last rows) and the model refuses SEG ids outside its vocabulary; this guards a
+        // model whose ids and config disagree.
         if let s = shapes[embed], s.count == 2, let bad = segTokenIds.first(where: { $0 >= s[0] }) {
             try fail("seg_token_ids", "\(segTokenIds.count) SEG ids up to \(segTokenIds.max()!)", "a vocabulary of \(s[0]) rows",
                      "SEG id \(bad) has no row in \(ev(embed))")

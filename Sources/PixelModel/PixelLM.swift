@@ -204,11 +204,12 @@ public final class PixelLMForCausalLM: Module {
         Array((config.vocabSize - config.segTokensPerTarget)..<config.vocabSize)
     }
 
-    /// - init: how the LLM, the projectors and CLIP are initialised: HF's normal(initializer_range) by default
-    ///   (new weights, as the released training creates the projectors), or nil for uninitialised skeletons
-    ///   that a checkpoint fills (no random draws, nothing touched). The decoder side always gets PyTorch's
-    ///   default init (as the released modules); its buffers are overwritten by a checkpoint.
-    public init(config: PixelLMConfig, segTokenIds: [Int]? = nil, init initKind: Init? = .normal(std: 0.02),
+    /// - skeleton: false (default) draws new weights as HF does: normal(initializer_range) for the LLM, the
+    ///   projectors and CLIP (vision_config.initializer_range), as the released training creates the projectors;
+    ///   true leaves the LLM, projectors and CLIP uninitialised for a checkpoint to fill (no random draws,
+    ///   nothing touched). The decoder side always gets PyTorch's default init (as the released modules); a
+    ///   checkpoint overwrites it, buffers included.
+    public init(config: PixelLMConfig, segTokenIds: [Int]? = nil, skeleton: Bool = false,
                 positionResize: PositionTableResize = .reference, rng: inout RNG) {
         let seg = segTokenIds ?? Self.defaultSegTokenIds(config)
         precondition(seg.count == config.segTokensPerTarget,
@@ -217,10 +218,8 @@ public final class PixelLMForCausalLM: Module {
                      "PixelLMForCausalLM: SEG ids \(seg) must be distinct ids below vocab_size \(config.vocabSize)")
         self.config = config
         self.segTokenIds = seg
-        let llmInit: Init? = initKind.map { if case .normal = $0 { return .normal(std: config.initializerRange) } else { return $0 } }
-        let visionInit: Init? = initKind.map {
-            if case .normal = $0 { return .normal(std: config.visionConfig.initializerRange) } else { return $0 }
-        }
+        let llmInit: Init? = skeleton ? nil : .normal(std: config.initializerRange)
+        let visionInit: Init? = skeleton ? nil : .normal(std: config.visionConfig.initializerRange)
         visionTower = CLIPVisionModel(config: config, positionResize: positionResize, init: visionInit, rng: &rng)
         llm = LlamaForCausalLM(config: config, init: llmInit, rng: &rng)
         mmProjector = ProjectorMLP(config: config, init: llmInit, rng: &rng)
@@ -283,7 +282,8 @@ public final class PixelLMForCausalLM: Module {
             let s = starts[c]
             let e = text.slice(axis: 0, c, c + 1)
             let img = imageTokens.slice(axis: 0, conv.imageIndex, conv.imageIndex + 1)
-            rows.append(concat([e.slice(axis: 1, 0, s), img, e.slice(axis: 1, s + 1, T)], axis: 1))
+            let parts = [e.slice(axis: 1, 0, s), img, e.slice(axis: 1, s + 1, T)].filter { $0.dim(1) > 0 }
+            rows.append(concat(parts, axis: 1))
         }
         let embeds = rows.count == 1 ? rows[0] : concat(rows, axis: 0)                        // [Cn, Tx, H]
         let attentionMask = Tensor(maskValues, shape: [Cn, Tx])

@@ -30,7 +30,7 @@ final class PixelLMTests: XCTestCase {
     /// The tiny model with the fixture's weights (PixelLM checkpoint and CLIP, both strict).
     static func loadedModel(_ f: [String: Tensor]) throws -> PixelLMForCausalLM {
         var rng = RNG(seed: 3)
-        let model = PixelLMForCausalLM(config: try tinyConfig, segTokenIds: ints(f["inputs/seg_ids"]!), init: nil, rng: &rng)
+        let model = PixelLMForCausalLM(config: try tinyConfig, segTokenIds: ints(f["inputs/seg_ids"]!), skeleton: true, rng: &rng)
         try model.load(ModelFixture.group(f, "weights"))
         try model.visionTower.load(ModelFixture.group(f, "clip"))
         return model
@@ -226,7 +226,7 @@ final class PixelLMTests: XCTestCase {
         try PixelLMCheckpoint.save(model, to: dir, includeVision: true)
         XCTAssertTrue(try SafetensorsDirectory(dir).names.contains("model.vision_tower.vision_tower.vision_model.pre_layrnorm.weight"))
         var rng = RNG(seed: 9)
-        let m2 = PixelLMForCausalLM(config: model.config, segTokenIds: model.segTokenIds, init: nil, rng: &rng)
+        let m2 = PixelLMForCausalLM(config: model.config, segTokenIds: model.segTokenIds, skeleton: true, rng: &rng)
         let report = try PixelLMCheckpoint.load(m2, from: dir)
         XCTAssertTrue(report.visionLoaded)
         XCTAssertEqual(report.loaded, model.checkpointTensors(includeVision: true).count)
@@ -241,7 +241,7 @@ final class PixelLMTests: XCTestCase {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             try PixelLMCheckpoint.save(model, to: dir, dtype: dtype)
             var rng = RNG(seed: 2)
-            let m2 = PixelLMForCausalLM(config: model.config, segTokenIds: model.segTokenIds, init: nil, rng: &rng)
+            let m2 = PixelLMForCausalLM(config: model.config, segTokenIds: model.segTokenIds, skeleton: true, rng: &rng)
             let report = try PixelLMCheckpoint.load(m2, from: dir)
             XCTAssertEqual(report.dtypes, [dtype.name])
             for ((n, a), (_, b)) in zip(model.namedTensors(), m2.namedTensors()) {
@@ -268,7 +268,7 @@ final class PixelLMTests: XCTestCase {
         for (field, mutate, configValue, checkpointValue) in cases {
             var c = tiny
             mutate(&c)
-            let m = PixelLMForCausalLM(config: c, init: nil, rng: &rng)
+            let m = PixelLMForCausalLM(config: c, skeleton: true, rng: &rng)
             do {
                 try PixelLMCheckpoint.load(m, from: dir)
                 XCTFail("\(field): loaded a mismatching checkpoint")
@@ -279,13 +279,31 @@ final class PixelLMTests: XCTestCase {
                 print("config mismatch: \(e)")
             }
         }
+        // the number of SEG tokens: N shows in the learned fusion's weight; SEG ids must be vocabulary rows
+        var learned = tiny
+        learned.tokenFusion = "learned"
+        let ldir = Self.tempDir("mismatch-learned")
+        defer { try? FileManager.default.removeItem(atPath: ldir) }
+        try PixelLMCheckpoint.save(PixelLMForCausalLM(config: learned, rng: &rng), to: ldir)
+        var twoTokens = learned
+        twoTokens.segTokenNum = 2
+        XCTAssertThrowsError(try PixelLMCheckpoint.load(PixelLMForCausalLM(config: twoTokens, skeleton: true, rng: &rng), from: ldir)) { e in
+            XCTAssertEqual((e as? CheckpointConfigMismatch)?.field, "seg_token_num", "\(e)")
+            XCTAssertTrue("\(e)".contains("is 2 in the config but 96 / out_dim 32"), "\(e)")
+        }
+        let shapes = Dictionary(uniqueKeysWithValues: model.namedTensors().map { ($0.0, $0.1.shape) })
+        XCTAssertThrowsError(try PixelLMCheckpoint.checkConfig(tiny, segTokenIds: [120, 121, 122, 123, 124, 200], shapes: shapes, source: "x")) { e in
+            XCTAssertEqual((e as? CheckpointConfigMismatch)?.field, "seg_token_ids", "\(e)")
+        }
+        XCTAssertNoThrow(try PixelLMCheckpoint.checkConfig(tiny, segTokenIds: model.segTokenIds, shapes: shapes, source: "x"))
+
         // CLIP: a checkpoint for another vision size is refused the same way
         let vdir = Self.tempDir("mismatch-clip")
         defer { try? FileManager.default.removeItem(atPath: vdir) }
         try PixelLMCheckpoint.saveVision(model, to: vdir)
         var c = tiny
         c.visionConfig.numHiddenLayers = 13
-        let m = PixelLMForCausalLM(config: c, init: nil, rng: &rng)
+        let m = PixelLMForCausalLM(config: c, skeleton: true, rng: &rng)
         XCTAssertThrowsError(try PixelLMCheckpoint.loadVision(m, from: vdir)) { e in
             XCTAssertEqual((e as? CheckpointConfigMismatch)?.field, "vision_config.num_hidden_layers", "\(e)")
         }
@@ -366,6 +384,31 @@ final class PixelLMTests: XCTestCase {
         b3.conversations[0].inputIds.removeAll { $0 == PixelLMTokens.image }
         b3.conversations[0].labels.removeLast()
         XCTAssertThrowsError(try model.forward(b3)) { XCTAssertTrue("\($0)".contains("conversation 0"), "\($0)") }
+    }
+
+    /// The image placeholder first or last in the ids: the splice has an empty text part on one side.
+    func testImagePlaceholderAtEitherEnd() throws {
+        let f = try Self.fixture()
+        let model = try Self.loadedModel(f)
+        var batch = Self.batch(f)
+        let seg = model.segTokenIds
+        batch.conversations = [
+            PixelLMConversation(imageIndex: 0, inputIds: [PixelLMTokens.image, 5, 6] + seg + [2],
+                                labels: [-100, -100, 6] + seg + [2], targetMasks: f["inputs/masks/1"]!),
+            PixelLMConversation(imageIndex: 1, inputIds: [1, 7, 8, PixelLMTokens.image], labels: [-100, 7, 8, -100]),
+        ]
+        let out = try Autograd.noGrad { try model.forward(batch) }
+        let n = model.config.imageTokenCount, T = 4 + seg.count, Tx = T - 1 + n
+        XCTAssertEqual(out.logits.shape, [2, Tx, 128])
+        XCTAssertEqual(out.conversations[0].segRows, Array((n + 1)..<(n + 1 + seg.count)), "after the image and 2 tokens")
+        XCTAssertEqual(out.labels[0].prefix(n + 2), ArraySlice([Int](repeating: -100, count: n + 1) + [6]))
+        let row1 = Array(out.attentionMask.toArray()[Tx...])
+        XCTAssertEqual(Array(row1[..<3]), [1, 1, 1])
+        XCTAssertEqual(Array(row1[(3 + n)...]), [Float](repeating: 0, count: Tx - 3 - n), "padding after the trailing image")
+        XCTAssertEqual(out.conversations[0].maskLogits?.shape, [1, 60, 45])
+        XCTAssertNil(out.conversations[1].maskLogits)
+        XCTAssertNil(out.conversations[1].reason, "no SEG tokens is no rejection")
+        XCTAssertTrue(out.losses.total.item.isFinite)
     }
 
     // MARK: - parameter table
@@ -474,6 +517,8 @@ final class PixelLMTests: XCTestCase {
         XCTAssertEqual(out.logits.shape, [1, ids.count - 1 + 256, 32009])
         XCTAssertEqual(out.conversations[0].maskLogits?.shape, [1, 640, 480])
         XCTAssertTrue(out.losses.total.item.isFinite)
+        let flops = FLOPCounter.count(config: c, batch: FLOPBatchShape(images: 1, conversations: 1, sequenceLength: ids.count, targets: 1))
+        print("7B 2-layer forward FLOPs:\n\(flops.description)\n= \(String(format: "%.1f", Double(flops.forward) / forward / 1e9)) GFLOP/s")
         let gb = { (b: Int) in String(format: "%.2f GB", Double(b) / 1e9) }
         print("7B shapes with 2 LLaMA layers + CLIP-L at \(S) px: build \(String(format: "%.1f", built)) s, weights \(gb(weightsBytes)); "
               + "one forward (\(ids.count) tokens -> \(ids.count - 1 + 256) positions, 1 target) \(String(format: "%.1f", forward)) s, "
