@@ -157,6 +157,23 @@ int pixel_jpeg_decode(const uint8_t *data, size_t size, int apply_orientation, P
         set_error(err, err_size, "empty JPEG data");
         return -1;
     }
+    // A file whose entropy-coded data is complete but whose EOI marker is missing decodes fully in
+    // OpenCV (with a warning). libjpeg reads a little ahead of the last bits it needs, so without the
+    // marker it reports a premature end even then. Such a file gets its EOI back here; data that is
+    // really cut short still ends inside a scan ("premature end of data segment"), which is an error.
+    uint8_t *volatile patched = NULL;
+    if (size < 2 || data[size - 2] != 0xFF || data[size - 1] != 0xD9) {
+        patched = malloc(size + 2);
+        if (!patched) {
+            set_error(err, err_size, "out of memory");
+            return -1;
+        }
+        memcpy(patched, data, size);
+        patched[size] = 0xFF;
+        patched[size + 1] = 0xD9;
+        data = patched;
+        size += 2;
+    }
     struct jpeg_decompress_struct cinfo;
     struct jpeg_failure failure;
     uint8_t *volatile pixels = NULL;
@@ -170,6 +187,7 @@ int pixel_jpeg_decode(const uint8_t *data, size_t size, int apply_orientation, P
         jpeg_destroy_decompress(&cinfo);
         free(pixels);
         free(cmyk_row);
+        free(patched);
         return -1;
     }
     jpeg_create_decompress(&cinfo);
@@ -221,6 +239,7 @@ int pixel_jpeg_decode(const uint8_t *data, size_t size, int apply_orientation, P
     jpeg_finish_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
     free(cmyk_row);
+    free(patched);
     out->pixels = pixels;
     out->width = (int)w;
     out->height = (int)h;

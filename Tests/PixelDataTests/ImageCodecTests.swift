@@ -234,10 +234,17 @@ final class ImageCodecTests: XCTestCase {
                      containing: ["randpng.png", "PNG decode error"], "PNG signature + random bytes")
         assertThrows(try Image.load(file("soi.jpg", Array(jpg.prefix(3)))), containing: ["soi.jpg", "JPEG decode error"], "JPEG SOI only")
         assertThrows(try Image.load(file("half.jpg", Array(jpg.prefix(jpg.count / 2)))),
-                     containing: ["half.jpg", "JPEG decode error", "Premature end"], "JPEG half")
+                     containing: ["half.jpg", "JPEG decode error", "premature end"], "JPEG half")
         assertThrows(try Image.load(file("phalf.jpg", Array(pjpg.prefix(pjpg.count * 3 / 4)))),
                      containing: ["phalf.jpg", "JPEG decode error"], "progressive JPEG cut")
         assertThrows(try Image.load(file("hdr.jpg", Array(jpg.prefix(300)))), containing: ["hdr.jpg", "JPEG decode error"], "JPEG headers only")
+        assertThrows(try Image.load(file("cut.jpg", Array(jpg.dropLast(40)))), containing: ["cut.jpg", "premature end"], "JPEG cut near the end")
+        // complete data without the final EOI marker decodes as the whole file (OpenCV only warns)
+        for (name, bytes) in [("noeoi.jpg", jpg), ("pnoeoi.jpg", pjpg)] {
+            XCTAssertEqual(Array(bytes.suffix(2)), [0xFF, 0xD9])
+            XCTAssertEqual(try Image.load(file(name, Array(bytes.dropLast(2)))), try Image.decode(bytes, name: name), name)
+        }
+        XCTAssertEqual(try Image.load(file("junk.jpg", jpg + Array("trailing junk".utf8))), try Image.decode(jpg, name: "jpg"), "data after EOI")
         assertThrows(try Image.load(file("randjpg.jpg", [0xFF, 0xD8, 0xFF] + (0..<400).map { _ in gen.byte() })),
                      containing: ["randjpg.jpg", "JPEG decode error"], "JPEG magic + random bytes")
     }

@@ -34,7 +34,8 @@ enum {
 /// Decodes a JPEG (baseline, progressive, arithmetic) to 8-bit RGB. Grayscale is replicated; CMYK and
 /// YCCK (Adobe, inverted) are converted as OpenCV does: R = K - ((255 - C) * K >> 8), likewise G, B.
 /// With apply_orientation != 0 the EXIF orientation of the APP1 segment is applied (as cv2.imread does
-/// by default). Truncated or corrupt entropy-coded data is an error (libjpeg would only warn).
+/// by default). Truncated or corrupt entropy-coded data is an error (libjpeg would only warn); a file
+/// whose data is complete but lacks the final EOI marker decodes (as in OpenCV).
 int pixel_jpeg_decode(const uint8_t *data, size_t size, int apply_orientation, PixelImage *out,
                       char *err, size_t err_size);
 
