@@ -402,7 +402,8 @@ public enum COCOSegmentation: Equatable, Sendable {
         case is [Any]: return "a list"
         case is [String: Any]: return "a dict"
         case is NSNull: return "null"
-        default: return number(v) != nil ? "a number" : "\(type(of: v))"
+        case let n as NSNumber: return String(cString: n.objCType) == "c" ? "a boolean" : "a number"
+        default: return "\(type(of: v))"
         }
     }
 

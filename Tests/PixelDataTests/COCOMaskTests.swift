@@ -118,7 +118,7 @@ final class COCOMaskTests: XCTestCase {
         assertThrows(try parse("[[1, 2, 3, 4, 5, 6], []]"), containing: [item, "polygon 1 is empty"], "empty polygon")
         assertThrows(try parse("[1, 2, 3, 4, 5, 6]"), containing: [item, "flat list"], "flat list")
         assertThrows(try parse("[[1, 2, \"a\", 4, 5, 6]]"), containing: [item, "coordinate 2", "string"], "string coordinate")
-        assertThrows(try parse("[[1, 2, true, 4, 5, 6]]"), containing: [item, "coordinate 2"], "bool coordinate")
+        assertThrows(try parse("[[1, 2, true, 4, 5, 6]]"), containing: [item, "coordinate 2", "a boolean"], "bool coordinate")
         assertThrows(try parse("\"abc\""), containing: [item, "neither polygons nor RLE"], "string")
         assertThrows(try parse("42"), containing: [item, "neither polygons nor RLE"], "number")
         assertThrows(try parse("[\"abc\"]"), containing: [item, "neither polygons nor RLE"], "list of strings")
