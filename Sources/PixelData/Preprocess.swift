@@ -22,14 +22,15 @@ import PixelTensor
 /// the height shrinks by more than twice as many pixels as the width loses, h' < h and
 /// h - h' > 2 (w - w'); this rule was inferred from Pillow 13.0.0's output (no exception among 1,500
 /// random small and 60 large size pairs). It does not apply to ResizeLongestSide of images less than
-/// about twice as tall as wide.
+/// about twice as tall as wide. The default is horizontal first: the reference pins Pillow==9.4.0
+/// (requirements.txt), and Tests/PixelDataTests/Fixtures/pil94_resize.h5 holds Pillow 9.4.0's output.
 public enum PILBilinear {
     static let precisionBits = 22
 
     public enum PassOrder: Sendable {
         /// Pillow 13: vertical first when h' < h and h - h' > 2 (w - w'), else horizontal first.
         case pillow13
-        /// Pillow 10.4 and earlier: always horizontal first.
+        /// Pillow 10.4 and earlier (9.4.0, which the reference pins): always horizontal first. The default.
         case horizontalFirst
     }
 
@@ -129,7 +130,7 @@ public enum PILBilinear {
 
     /// Resizes `width x height x channels` interleaved 8-bit pixels to `newWidth x newHeight`.
     public static func resize(_ pixels: [UInt8], width: Int, height: Int, channels: Int,
-                              newWidth: Int, newHeight: Int, order: PassOrder = .pillow13) -> [UInt8] {
+                              newWidth: Int, newHeight: Int, order: PassOrder = .horizontalFirst) -> [UInt8] {
         precondition(pixels.count == width * height * channels && width > 0 && height > 0 && newWidth > 0 && newHeight > 0,
                      "PILBilinear.resize: \(pixels.count) bytes for \(width)x\(height)x\(channels) -> \(newWidth)x\(newHeight)")
         let c = channels
@@ -148,17 +149,19 @@ public enum PILBilinear {
 
 extension RGBImage {
     /// PIL bilinear resize (`Image.resize((width, height), Image.BILINEAR)`), antialiased when shrinking.
-    public func resized(width newWidth: Int, height newHeight: Int) -> RGBImage {
+    public func resized(width newWidth: Int, height newHeight: Int, order: PILBilinear.PassOrder = .horizontalFirst) -> RGBImage {
         RGBImage(width: newWidth, height: newHeight,
-                 pixels: PILBilinear.resize(pixels, width: width, height: height, channels: 3, newWidth: newWidth, newHeight: newHeight))
+                 pixels: PILBilinear.resize(pixels, width: width, height: height, channels: 3, newWidth: newWidth, newHeight: newHeight,
+                                            order: order))
     }
 }
 
 extension GrayImage {
     /// PIL bilinear resize of an "L" image.
-    public func resized(width newWidth: Int, height newHeight: Int) -> GrayImage {
+    public func resized(width newWidth: Int, height newHeight: Int, order: PILBilinear.PassOrder = .horizontalFirst) -> GrayImage {
         GrayImage(width: newWidth, height: newHeight,
-                  pixels: PILBilinear.resize(pixels, width: width, height: height, channels: 1, newWidth: newWidth, newHeight: newHeight))
+                  pixels: PILBilinear.resize(pixels, width: width, height: height, channels: 1, newWidth: newWidth, newHeight: newHeight,
+                                             order: order))
     }
 }
 
@@ -169,10 +172,12 @@ extension GrayImage {
 /// precision; the image is resized with PIL bilinear (torchvision's resize on a PIL image).
 public struct ResizeLongestSide: Sendable, Equatable {
     public let target: Int
+    public let order: PILBilinear.PassOrder
 
-    public init(_ target: Int) {
+    public init(_ target: Int, order: PILBilinear.PassOrder = .horizontalFirst) {
         precondition(target > 0, "ResizeLongestSide: target \(target)")
         self.target = target
+        self.order = order
     }
 
     /// The resized (height, width) of an H x W image.
@@ -184,7 +189,7 @@ public struct ResizeLongestSide: Sendable, Equatable {
 
     public func apply(_ image: RGBImage) -> RGBImage {
         let s = size(height: image.height, width: image.width)
-        return image.resized(width: s.width, height: s.height)
+        return image.resized(width: s.width, height: s.height, order: order)
     }
 }
 
@@ -209,16 +214,18 @@ public struct CLIPImagePreprocessor: Sendable {
     public let size: Int
     public let mean: [Float]
     public let std: [Float]
+    public let order: PILBilinear.PassOrder
 
-    public init(size: Int = 448, mean: [Float] = samMean, std: [Float] = samStd) {
+    public init(size: Int = 448, mean: [Float] = samMean, std: [Float] = samStd, order: PILBilinear.PassOrder = .horizontalFirst) {
         precondition(size > 0 && mean.count == 3 && std.count == 3, "CLIPImagePreprocessor: size \(size), mean/std of 3")
         self.size = size
         self.mean = mean
         self.std = std
+        self.order = order
     }
 
     public func callAsFunction(_ image: RGBImage) -> CLIPImageInput {
-        let resized = ResizeLongestSide(size).apply(image)
+        let resized = ResizeLongestSide(size, order: order).apply(image)
         return normalizeAndPad(resized)
     }
 

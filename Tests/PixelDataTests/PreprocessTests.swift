@@ -4,7 +4,8 @@ import XCTest
 import PixelTensor
 
 /// PIL bilinear resize, ResizeLongestSide and the CLIP-branch tensor against Pillow 13 and torch
-/// (tools/fixtures/images_masks.py).
+/// (tools/fixtures/images_masks.py; these pass `order: .pillow13`), and the default order against
+/// Pillow 9.4.0, which the reference pins (tools/fixtures/pil94_resize.py).
 final class PreprocessTests: XCTestCase {
 
     func testPILBilinearMatchesPillowExactly() throws {
@@ -18,7 +19,8 @@ final class PreprocessTests: XCTestCase {
             let (src, _) = try DataFixtures.bytes("resize_src/\(from[1])x\(from[0])x\(c)")
             let (expected, shape) = try DataFixtures.bytes(key)
             XCTAssertEqual(shape, [to[1], to[0], c], key)
-            let out = PILBilinear.resize(src, width: from[0], height: from[1], channels: c, newWidth: to[0], newHeight: to[1])
+            let out = PILBilinear.resize(src, width: from[0], height: from[1], channels: c, newWidth: to[0], newHeight: to[1],
+                                       order: .pillow13)
             let d = maxDiff(out, expected)
             print("PIL bilinear \(key.dropFirst(7)): max |ours - Pillow| = \(d)")
             XCTAssertEqual(d, 0, key)
@@ -65,12 +67,12 @@ final class PreprocessTests: XCTestCase {
         let table = try DataFixtures.floats("norm/table").toArray()
         for name in ["photo_640x480.jpg", "photo_200x120.png", "photo_100x500.png"] {
             let image = try Image.load(DataFixtures.image(name))
-            let input = CLIPImagePreprocessor()(image)
+            let input = CLIPImagePreprocessor(order: .pillow13)(image)
             let valid = try DataFixtures.ints("clip/\(name)/valid")
             XCTAssertEqual([input.validHeight, input.validWidth], valid, name)
             XCTAssertEqual(input.pixels.shape, [3, 448, 448])
             let (resized, _) = try DataFixtures.bytes("clip/\(name)/resized")
-            let ours = ResizeLongestSide(448).apply(image)
+            let ours = ResizeLongestSide(448, order: .pillow13).apply(image)
             let d = maxDiff(ours.pixels, resized)
             print("CLIP 448 \(name): valid \(valid), resize max |ours - reference| = \(d)")
             XCTAssertEqual(d, 0, name)
@@ -93,7 +95,7 @@ final class PreprocessTests: XCTestCase {
     func testCLIPPipelineEndToEndSmall() throws {
         // the whole reference pipeline at target 64, tensor stored by torch
         for name in ["photo_200x120.png", "rgb8_37x53.png"] {
-            let input = CLIPImagePreprocessor(size: 64)(try Image.load(DataFixtures.image(name)))
+            let input = CLIPImagePreprocessor(size: 64, order: .pillow13)(try Image.load(DataFixtures.image(name)))
             let expected = try DataFixtures.floats("clip_small/\(name)/tensor")
             XCTAssertEqual(input.pixels.shape, expected.shape)
             XCTAssertEqual(input.pixels.toArray().map(\.bitPattern), expected.toArray().map(\.bitPattern), name)
@@ -113,7 +115,7 @@ final class PreprocessTests: XCTestCase {
         // Where the rule keeps horizontal first, both orders are the same computation.
         let (src, _) = try DataFixtures.bytes("resize_src/53x37x3")
         for (w, h) in [(19, 27), (74, 106), (37, 20), (5, 3), (100, 7), (36, 12), (30, 40)] {
-            let a = PILBilinear.resize(src, width: 37, height: 53, channels: 3, newWidth: w, newHeight: h)
+            let a = PILBilinear.resize(src, width: 37, height: 53, channels: 3, newWidth: w, newHeight: h, order: .pillow13)
             let b = PILBilinear.resize(src, width: 37, height: 53, channels: 3, newWidth: w, newHeight: h, order: .horizontalFirst)
             let verticalFirst = h < 53 && 53 - h > 2 * (37 - w)
             let d = maxDiff(a, b)
@@ -131,6 +133,43 @@ final class PreprocessTests: XCTestCase {
         print("photo_100x500 -> 90x448 horizontal first (Pillow <= 10.4): max |diff| to Pillow 13 = \(maxDiff(old, want)), \(differing) of \(want.count) values differ")
         XCTAssertLessThanOrEqual(maxDiff(old, want), 1)
         XCTAssertGreaterThan(differing, 0)
+    }
+
+    func testDefaultOrderMatchesPillow94Exactly() throws {
+        // Pillow 9.4.0 (requirements.txt of the reference) always resamples horizontally first
+        let path = DataFixtures.dir + "/pil94_resize.h5"
+        let cases = try TensorFile.names(in: path).filter { $0.hasPrefix("out/") }.sorted()
+        XCTAssertEqual(cases.count, 10)
+        var differFromPillow13 = 0
+        for key in cases {
+            // out/<source>/<W>x<H>
+            let parts = key.split(separator: "/"), size = parts[2].split(separator: "x").map { Int($0)! }
+            let (src, srcShape) = try TensorFile.readInts(path, name: "src/\(parts[1])")
+            let (want, shape) = try TensorFile.readInts(path, name: key)
+            let (h, w, c) = (srcShape[0], srcShape[1], srcShape[2])
+            XCTAssertEqual(shape, [size[1], size[0], c], key)
+            let bytes = src.map { UInt8($0) }, expected = want.map { UInt8($0) }
+            let out = PILBilinear.resize(bytes, width: w, height: h, channels: c, newWidth: size[0], newHeight: size[1])
+            XCTAssertEqual(maxDiff(out, expected), 0, "\(key): default order vs Pillow 9.4.0")
+            if c == 3 {
+                let img = RGBImage(width: w, height: h, pixels: bytes).resized(width: size[0], height: size[1])
+                XCTAssertEqual(img.pixels, expected, "\(key): RGBImage.resized default")
+            } else {
+                let img = GrayImage(width: w, height: h, pixels: bytes).resized(width: size[0], height: size[1])
+                XCTAssertEqual(img.pixels, expected, "\(key): GrayImage.resized default")
+            }
+            let p13 = PILBilinear.resize(bytes, width: w, height: h, channels: c, newWidth: size[0], newHeight: size[1], order: .pillow13)
+            if p13 != expected { differFromPillow13 += 1 }
+        }
+        XCTAssertGreaterThanOrEqual(differFromPillow13, 4, "cases where Pillow 13's vertical-first order gives other bytes")
+        // the tall shrink through ResizeLongestSide(150) and the CLIP preprocessor, default order
+        let (src, _) = try TensorFile.readInts(path, name: "src/rgb_tall_40x200")
+        let tall = RGBImage(width: 40, height: 200, pixels: src.map { UInt8($0) })
+        let want = try TensorFile.readInts(path, name: "out/rgb_tall_40x200/30x150").values.map { UInt8($0) }
+        XCTAssertEqual(ResizeLongestSide(150).apply(tall).pixels, want)
+        XCTAssertNotEqual(ResizeLongestSide(150, order: .pillow13).apply(tall).pixels, want)
+        let input = CLIPImagePreprocessor(size: 150)(tall)
+        XCTAssert(input.validSize == (150, 30))
     }
 
     func testResizeIdentityAndGray() {
