@@ -1,0 +1,28 @@
+import ArgumentParser
+import Foundation
+import PixelData
+
+/// `pixellm synth`: a deterministic procedural dataset in the reference's dataset/ layout (MUSE,
+/// refer_seg, sem_seg, vqa, reason_seg).
+struct Synth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a deterministic synthetic dataset (shapes scenes) in the reference's dataset/ layout.")
+
+    @Option(help: "Output directory (the reference's dataset/ root).") var out: String
+    @Option(help: "Random seed; the same seed gives byte-identical files.") var seed: UInt64 = 0
+    @Option(help: "Training images.") var train: Int = 20
+    @Option(help: "Validation images.") var val: Int = 5
+    @Option(help: "Images in each of test_less and test_many.") var test: Int = 5
+    @Option(help: "Image width in pixels (height is the same or 3/4 of it).") var size: Int = 224
+
+    func validate() throws {
+        if train < 0 || val < 0 || test < 0 { throw ValidationError("--train, --val and --test must be >= 0") }
+        if size < 32 || size > 4096 { throw ValidationError("--size must be in 32...4096") }
+    }
+
+    func run() throws {
+        let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size), out: out)
+        let summary = try gen.run()
+        print("\(summary) -> \(out)")
+    }
+}
