@@ -1,0 +1,142 @@
+import Foundation
+import XCTest
+@testable import PixelData
+import PixelTensor
+
+/// `pixellm synth`: determinism, masks = visible pixels, {seg} counts, split statistics, images.
+final class SynthTests: XCTestCase {
+    static let config = SynthConfig(seed: 7, train: 6, val: 2, test: 4, size: 96)
+
+    func files(_ dir: String) throws -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
+        let e = FileManager.default.enumerator(atPath: dir)!
+        while let p = e.nextObject() as? String {
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: dir + "/" + p, isDirectory: &isDir), !isDir.boolValue {
+                out[p] = try Image.readFile(dir + "/" + p)
+            }
+        }
+        return out
+    }
+
+    func testSameSeedSameBytes() throws {
+        let a = try makeScratchDirectory(self), b = try makeScratchDirectory(self)
+        _ = try SynthGenerator(config: Self.config, out: a).run()
+        _ = try SynthGenerator(config: Self.config, out: b).run()
+        let fa = try files(a), fb = try files(b)
+        XCTAssertEqual(Set(fa.keys), Set(fb.keys))
+        XCTAssertGreaterThan(fa.count, 40)
+        for (k, v) in fa { XCTAssertEqual(v, fb[k], k) }
+        XCTAssertFalse(fa.keys.contains { $0.contains(".tmp-") }, "temporary files left")
+        var other = Self.config
+        other.seed = 8
+        let c = try makeScratchDirectory(self)
+        _ = try SynthGenerator(config: other, out: c).run()
+        XCTAssertNotEqual(try files(c)["muse_train.json"], fa["muse_train.json"])
+    }
+
+    func testMasksAreVisiblePixels() throws {
+        for split in SynthGenerator.splits {
+            for i in 0..<4 {
+                let (scene, qs) = SynthGenerator.sample(config: Self.config, split: split, index: i)
+                XCTAssertFalse(scene.objects.isEmpty)
+                for (k, o) in scene.objects.enumerated() {
+                    let want = scene.labels.map { $0 == UInt8(k + 1) ? UInt8(1) : 0 }
+                    // decode what we write, through the parser the loaders use
+                    var text = ""
+                    SynthGenerator.segmentation(o).write(into: &text)
+                    let json = try JSONSerialization.jsonObject(with: Data(text.utf8))
+                    let seg = try COCOSegmentation(json: json, item: "\(split) \(i) object \(k)")
+                    if o.occluded { guard case .rle = seg else { return XCTFail("occluded object not RLE") } }
+                    else { guard case .polygons = seg else { return XCTFail("unoccluded object not a polygon") } }
+                    let m = try seg.mask(height: scene.height, width: scene.width, item: "mask")
+                    XCTAssertEqual(m.data, want, "\(split) \(i) object \(k)")
+                    XCTAssertGreaterThanOrEqual(Double(o.visibleArea), SynthScene.minVisibleFraction * Double(o.fullArea))
+                }
+                for q in qs {
+                    XCTAssertEqual(q.textAnswer.components(separatedBy: "{seg}").count - 1, q.targets.count, q.question)
+                }
+            }
+        }
+    }
+
+    func testMuseFilesAndSplits() throws {
+        let dir = try makeScratchDirectory(self)
+        let summary = try SynthGenerator(config: Self.config, out: dir).run()
+        var mean: [String: Double] = [:]
+        var kinds = Set<String>()
+        for split in SynthGenerator.splits {
+            let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/muse_\(split).json"))
+            let records = try JSONSerialization.jsonObject(with: data) as! [[String: Any]]
+            XCTAssertEqual(records.count, split == "train" ? 6 : (split == "val" ? 2 : 4))
+            var targets: [Int] = []
+            for r in records {
+                let h = r["height"] as! Int, w = r["width"] as! Int
+                let path: String
+                if let f = r["file_name"] as? String { path = dir + "/refer_seg/images/mscoco/images/train2014/" + f }
+                else { path = dir + "/refer_seg/images/mscoco/images/val2017/" + (r["coco_url"] as! String).split(separator: "/").last! }
+                let img = try Image.load(path)
+                XCTAssertEqual([img.width, img.height], [w, h])
+                let answers = r["answers"] as! [[[String: Any]]], texts = r["text_answers"] as! [String]
+                XCTAssertEqual(answers.count, (r["questions"] as! [String]).count)
+                for (a, t) in zip(answers, texts) {
+                    XCTAssertEqual(t.components(separatedBy: "{seg}").count - 1, a.count, t)
+                    if !a.isEmpty { targets.append(a.count) }
+                    for ann in a {
+                        _ = try COCOSegmentation(json: ann["segmentation"]!, item: "ann").mask(height: h, width: w, item: "ann")
+                    }
+                }
+            }
+            mean[split] = targets.isEmpty ? 0 : Double(targets.reduce(0, +)) / Double(targets.count)
+            if split == "test_less" { XCTAssert(targets.allSatisfy { $0 <= 3 }) }
+            if split == "test_many" { XCTAssert(targets.allSatisfy { $0 >= 4 }) }
+        }
+        XCTAssertLessThan(mean["test_less"]!, mean["test_many"]!)
+        for (k, v) in summary.kinds where v > 0 { kinds.insert(k) }
+        XCTAssertGreaterThan(summary.polygons, 0)
+        XCTAssertGreaterThan(summary.rles, 0)
+        // every question kind appears over a larger sample of scenes
+        for i in 0..<30 {
+            for q in SynthGenerator.sample(config: Self.config, split: "train", index: i).1 { kinds.insert(q.kind.rawValue) }
+        }
+        XCTAssertEqual(kinds, Set(SynthQuestionKind.allCases.map(\.rawValue)))
+        // the other formats exist and images decode
+        let labels = try Image.loadLabels(dir + "/ade20k/annotations/training/synth_train_000001.png")
+        XCTAssertLessThanOrEqual(Int(labels.pixels.max()!), SynthShape.allCases.count)
+        _ = try Image.load(dir + "/ade20k/images/training/synth_train_000001.jpg")
+        _ = try Image.load(dir + "/coco/train2017/synth_train_000001.jpg")
+        let pickle = try Image.readFile(dir + "/refer_seg/refcoco/refs(unc).p")
+        XCTAssertEqual(Array(pickle.prefix(3)), [0x80, 2, UInt8(ascii: "]")])
+        XCTAssertEqual(pickle.last, UInt8(ascii: "."))
+        let vqa = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/llava_dataset/llava_instruct_150k.json"))) as! [Any]
+        XCTAssertEqual(vqa.count, 6)
+    }
+
+    func testUniqueDescriptionsAndRelations() {
+        for i in 0..<20 {
+            let (scene, _) = SynthGenerator.sample(config: Self.config, split: "train", index: i)
+            for q in SynthQuestions.candidates(scene) {
+                switch q.kind {
+                case .single:
+                    // the description matches exactly one object
+                    XCTAssertEqual(q.targets.count, 1)
+                case .relational:
+                    XCTAssertFalse(q.targets.isEmpty)
+                case .counting:
+                    XCTAssert(q.targets.isEmpty)
+                default: break
+                }
+            }
+            for k in scene.objects.indices {
+                if let d = SynthQuestions.uniqueDescription(scene, k) {
+                    let matches = scene.objects.filter { o in
+                        let words = Set(d.split(separator: " ").map(String.init))
+                        return words.contains(o.shape.name) && (!words.contains { w in SynthColor.allCases.contains { $0.name == w } } || words.contains(o.color.name))
+                            && (!words.contains { w in SynthSize.allCases.contains { $0.name == w } } || words.contains(o.size.name))
+                    }
+                    XCTAssertEqual(matches.count, 1, d)
+                }
+            }
+        }
+    }
+}
