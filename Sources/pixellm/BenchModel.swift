@@ -34,6 +34,7 @@ struct BenchModel: ParsableCommand {
     var referencePython: String?
     @Flag(help: "Skip the PyTorch reference.") var noReference = false
     @Option(help: "Random seed (weights and batch).") var seed: UInt64 = 0
+    @Flag(help: "Also time the forward's components (pixellm only, no grad).") var profile = false
     @Flag(help: "Print one JSON object instead of tables.") var json = false
 
     // AdamW as train_ds.py sets it (betas 0.9 / 0.95, no weight decay); lr does not change the cost.
@@ -151,7 +152,10 @@ struct BenchModel: ParsableCommand {
         var peakAlloc: Int?
         var maxRSS: Int
         var loss: Double
+        /// The train step split: forward (recording the tape) and backward, ms per step.
+        var forwardMs: [Double] = [], backwardMs: [Double] = []
         var mean: Double { ms.reduce(0, +) / Double(max(ms.count, 1)) }
+        static func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(max(v.count, 1)) }
         var best: Double { ms.min() ?? 0 }
     }
 
@@ -175,6 +179,83 @@ struct BenchModel: ParsableCommand {
             ms.append(Double(Self.now() - t0) / 1e6)
         }
         return Phase(name: name, ms: ms, peakAlloc: CachingAllocator.shared.peakBytes, maxRSS: Self.maxRSS(), loss: Double(loss))
+    }
+
+    // MARK: the forward by component
+
+    /// The training forward's pieces run one by one as PixelLMForCausalLM.forward runs them (no grad): (name,
+    /// mean ms, FLOPCounter forward FLOPs or 0). The LLM gets the spliced embeddings the forward would build.
+    func profileForward(_ m: PixelLMForCausalLM, _ batch: PixelLMBatch, flops: FLOPReport) throws -> [(String, Double, Int)] {
+        let c = m.config, B = batch.imageCount, n = c.imageTokenCount, L = c.imageFeatureScaleNum
+        let T = batch.paddedLength, Tx = T - 1 + n, Cn = batch.conversations.count
+        var acc: [String: Double] = [:], order: [String] = []
+        func timed<R>(_ name: String, _ body: () throws -> R) rethrows -> R {
+            let t0 = Self.now()
+            let r = try body()
+            if !order.contains(name) { order.append(name) }
+            acc[name, default: 0] += Double(Self.now() - t0) / 1e6
+            return r
+        }
+        try Autograd.noGrad {
+            for it in 0..<(warmup + steps) {
+                if it == warmup { acc = [:] }
+                let vision = timed("clip") { m.visionTower(batch.pixels, validSizes: batch.validSizes) }
+                let imageTokens = timed("mm_projector") { m.mmProjector(m.visionTower.poolTokens(vision.deep)) }
+                let (embeds, mask, labels, ids) = timed("splice") { () -> (Tensor, Tensor, [Int], [[Int]]) in
+                    let imageMask = m.visionTower.llmImageMask(validSizes: batch.validSizes).toArray()
+                    var rows: [Tensor] = [], maskValues: [Float] = [], labels: [Int] = [], ids: [[Int]] = []
+                    let text = m.llm.model.embed(batch.conversations.flatMap { $0.inputIds.map { $0 == PixelLMTokens.image ? 0 : $0 } }, shape: [Cn, T])
+                    for (ci, conv) in batch.conversations.enumerated() {
+                        let s = conv.inputIds.firstIndex(of: PixelLMTokens.image)!, img = conv.imageIndex
+                        let e = text.slice(axis: 0, ci, ci + 1)
+                        let parts = [e.slice(axis: 1, 0, s), imageTokens.slice(axis: 0, img, img + 1), e.slice(axis: 1, s + 1, T)]
+                        rows.append(concat(parts.filter { $0.dim(1) > 0 }, axis: 1))
+                        maskValues += conv.inputIds[..<s].map { _ in 1 } + imageMask[(img * n)..<((img + 1) * n)] + conv.inputIds[(s + 1)...].map { _ in 1 }
+                        let lab = Array(conv.labels[..<s]) + [Int](repeating: PixelLMTokens.ignore, count: n) + Array(conv.labels[(s + 1)...])
+                        labels += lab.dropFirst()
+                        ids.append(Array(conv.inputIds[..<s]) + [Int](repeating: PixelLMTokens.image, count: n) + Array(conv.inputIds[(s + 1)...]))
+                    }
+                    return (concat(rows, axis: 0), Tensor(maskValues, shape: [Cn, Tx]), labels, ids)
+                }
+                let hidden = timed("llm") { m.llm(embeds, attentionMask: mask) }
+                _ = timed("lm_head+ce") { () -> Tensor in
+                    let logits = m.llm.logits(hidden)
+                    return crossEntropy(logits.slice(axis: 1, 0, Tx - 1).reshape([Cn * (Tx - 1), c.vocabSize]), targets: labels)
+                }
+                let (outDeep, outMid) = timed("out_mm_projector") { (m.outMMProjector(vision.deep), L > 1 ? m.outMMProjector(vision.mid) : nil) }
+                let seg = Set(m.segTokenIds)
+                let queries = timed("fcs") {
+                    batch.conversations.indices.map { ci in
+                        m.decoderSide.queries(hidden: hidden.slice(axis: 0, ci, ci + 1).squeeze(0), rows: segHiddenRows(tokenIds: ids[ci], segTokenIds: seg)).queries
+                    }
+                }
+                var questions: [QuestionMasks] = []
+                for b in 0..<B {
+                    let members = batch.conversations.indices.filter { batch.conversations[$0].imageIndex == b && queries[$0] != nil }
+                    if members.isEmpty { continue }
+                    let E = timed("neck") { () -> Tensor in
+                        var levels = [outDeep.slice(axis: 0, b, b + 1)]
+                        if let outMid { levels.append(outMid.slice(axis: 0, b, b + 1)) }
+                        return m.decoderSide.imageEmbeddings(levels.count == 1 ? levels[0] : concat(levels, axis: 0))
+                    }
+                    let qs = members.map { queries[$0]! }
+                    let low = timed("decoder") { m.decoderSide.decode(embeddings: E, queries: qs.count == 1 ? qs[0] : concat(qs, axis: 0)).lowRes }
+                    let post = timed("postprocess") { postprocessMasks(low, inputSize: batch.validSizes[b], originalSize: batch.originalSizes[b]) }
+                    var k0 = 0
+                    for mi in members {
+                        let k = qs[members.firstIndex(of: mi)!].dim(0)
+                        if let gt = batch.conversations[mi].targetMasks {
+                            questions.append(QuestionMasks(logits: post.slice(axis: 0, k0, k0 + k).squeeze(1), targets: gt))
+                        }
+                        k0 += k
+                    }
+                }
+                _ = timed("mask losses") { MaskLosses.total(ce: Tensor(scalar: 0), questions: questions, options: LossOptions()).total.item }
+            }
+        }
+        let f = ["clip": "clip", "mm_projector": "mm_projector", "llm": "llm", "lm_head+ce": "lm_head",
+                 "out_mm_projector": "out_mm_projector", "neck": "neck", "fcs": "fcs", "decoder": "decoder"]
+        return order.map { name in (name, acc[name]! / Double(steps), f[name].flatMap { flops[$0]?.forward } ?? 0) }
     }
 
     // MARK: the reference
@@ -257,9 +338,12 @@ struct BenchModel: ParsableCommand {
         ref.buildSeconds = (obj["build_s"] as? NSNumber)?.doubleValue ?? 0
         for (name, v) in obj["phases"] as? [String: Any] ?? [:] {
             guard let d = v as? [String: Any], let ms = d["ms"] as? [NSNumber] else { continue }
-            ref.phases[name] = Phase(name: name, ms: ms.map(\.doubleValue), peakAlloc: nil,
-                                     maxRSS: (d["max_rss"] as? NSNumber)?.intValue ?? 0,
-                                     loss: (d["loss"] as? NSNumber)?.doubleValue ?? .nan)
+            var ph = Phase(name: name, ms: ms.map(\.doubleValue), peakAlloc: nil,
+                           maxRSS: (d["max_rss"] as? NSNumber)?.intValue ?? 0,
+                           loss: (d["loss"] as? NSNumber)?.doubleValue ?? .nan)
+            ph.forwardMs = (d["forward_ms"] as? [NSNumber])?.map(\.doubleValue) ?? []
+            ph.backwardMs = (d["backward_ms"] as? [NSNumber])?.map(\.doubleValue) ?? []
+            ref.phases[name] = ph
         }
         return .success(ref)
     }
@@ -315,12 +399,20 @@ struct BenchModel: ParsableCommand {
             try Autograd.noGrad { try m.forward(batch).losses.total.item }
         })
         if !forwardOnly {
-            ours.append(try measure("train") {
+            var fwd: [Double] = [], bwd: [Double] = []
+            var train = try measure("train") {
                 for p in params { p.grad = nil }
+                let t0 = Self.now()
                 let out = try m.forward(batch)
+                let t1 = Self.now()
                 out.losses.total.backward()
+                fwd.append(Double(t1 - t0) / 1e6)
+                bwd.append(Double(Self.now() - t1) / 1e6)
                 return out.losses.total.item
-            })
+            }
+            train.forwardMs = Array(fwd.suffix(steps))
+            train.backwardMs = Array(bwd.suffix(steps))
+            ours.append(train)
             let opt = AdamW(params: params, lr: Self.lr, betas: Self.betas, eps: Self.eps, weightDecay: Self.weightDecay)
             ours.append(try measure("adamw") {
                 opt.zeroGrad()
@@ -331,6 +423,8 @@ struct BenchModel: ParsableCommand {
             })
             for p in params { p.grad = nil }
         }
+        var components: [(String, Double, Int)] = []
+        if profile { components = try profileForward(m, batch, flops: flops) }
         // free our model before the reference runs (it needs as much memory again)
         model = nil
         CachingAllocator.shared.emptyCache()
@@ -356,6 +450,10 @@ struct BenchModel: ParsableCommand {
                                         "fraction_of_sgemm": Double(flopsOf(p.name)) / s / 1e9 / sgemm, "max_rss_bytes": p.maxRSS]
                 if p.loss.isFinite { d["loss"] = p.loss }
                 if let a = p.peakAlloc { d["peak_alloc_bytes"] = a }
+                if !p.forwardMs.isEmpty {
+                    d["forward_ms"] = p.forwardMs; d["backward_ms"] = p.backwardMs
+                    d["mean_forward_ms"] = Phase.mean(p.forwardMs); d["mean_backward_ms"] = Phase.mean(p.backwardMs)
+                }
                 return d
             }
             var out: [String: Any] = [
@@ -381,6 +479,9 @@ struct BenchModel: ParsableCommand {
                 out["ratio_best_steps"] = ratioBest
             }
             if let skip { out["reference_skipped"] = skip }
+            if !components.isEmpty {
+                out["forward_components"] = components.map { ["name": $0.0, "ms": $0.1, "flops": $0.2] as [String: Any] }
+            }
             let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
             return
@@ -405,9 +506,22 @@ struct BenchModel: ParsableCommand {
                       + String(format: " %9.1f %8.1f %8.2f %9.2f %8.1f %8.1f%%", ph.mean, ph.best, Double(Cn) / s, Double(B) / s, gf, 100 * gf / sgemm)
                       + "  " + Self.bytes(ph.peakAlloc).leftPadded(10) + "  " + Self.bytes(ph.maxRSS).leftPadded(8)
                       + String(format: "  %8.4f", ph.loss))
+                if !ph.forwardMs.isEmpty {
+                    print(pad("", 14) + " " + pad("", 8) + String(format: "   = forward %.1f (recording) + backward %.1f ms",
+                                                                  Phase.mean(ph.forwardMs), Phase.mean(ph.backwardMs)))
+                }
             }
             if let q = reference?.phases[p.name] {
                 print(pad("", 14) + " " + String(format: "ratio    %.2fx  (pixellm / PyTorch samples/s; %.2fx on the best steps)", q.mean / p.mean, q.best / p.best))
+            }
+        }
+        if !components.isEmpty {
+            let sum = components.reduce(0) { $0 + $1.1 }
+            print("\npixellm forward by component (no grad, mean of \(steps) after \(warmup) warm-up; sum \(String(format: "%.1f", sum)) ms)")
+            print("component                 ms   share   GFLOP/s  of sgemm")
+            for (name, ms, f) in components {
+                let gf = f > 0 ? String(format: "%9.1f %8.1f%%", Double(f) / ms / 1e6, 100 * Double(f) / ms / 1e6 / sgemm) : String(repeating: " ", count: 19)
+                print(pad(name, 20) + String(format: " %8.2f %6.1f%%", ms, 100 * ms / sum) + gf)
             }
         }
         print("\nconv/s = conversations (samples) per second; GFLOP/s from FLOPCounter's count for both sides (the reference also "

@@ -16,7 +16,7 @@ text_hidden_fcs; CLIP, LLaMA layers, neck and prompt encoder frozen).
 
 Phases, each `warmup` untimed steps then `steps` timed ones (time.perf_counter around the whole step):
     forward    under torch.no_grad()
-    train      grads set to None, forward, total.backward()
+    train      grads set to None, forward, total.backward() (also timed apart: forward_ms, backward_ms)
     adamw      the same plus torch.optim.AdamW.step()
 (train and adamw are skipped with forward_only.)
 
@@ -121,14 +121,23 @@ def main():
     result["phases"]["forward"] = {"ms": timed(forward), "max_rss": max_rss_bytes(), "loss": loss["forward"]}
 
     if not spec.get("forward_only"):
+        split = {"forward_ms": [], "backward_ms": []}
+
         def train():
             for p in trainable.values():
                 p.grad = None
+            t0 = time.perf_counter()
             o = run()
+            t1 = time.perf_counter()
             o["total"].backward()
+            split["forward_ms"].append((t1 - t0) * 1e3)
+            split["backward_ms"].append((time.perf_counter() - t1) * 1e3)
             loss["train"] = float(o["total"].detach())
 
-        result["phases"]["train"] = {"ms": timed(train), "max_rss": max_rss_bytes(), "loss": loss["train"]}
+        ms = timed(train)
+        steps = int(spec["steps"])
+        result["phases"]["train"] = {"ms": ms, "max_rss": max_rss_bytes(), "loss": loss["train"],
+                                     "forward_ms": split["forward_ms"][-steps:], "backward_ms": split["backward_ms"][-steps:]}
 
         opt = torch.optim.AdamW(list(trainable.values()), lr=float(spec["lr"]), betas=tuple(spec["betas"]),
                                 eps=float(spec["eps"]), weight_decay=float(spec["weight_decay"]))
