@@ -86,7 +86,7 @@ struct BenchModel: ParsableCommand {
         if let dir = repoFile("configs") {
             known = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter { fm.fileExists(atPath: "\(dir)/\($0)/config.json") }.sorted()
         }
-        throw ValidationError("no config '\(spec)': not a file or directory, and not configs/\(spec)/config.json"
+        throw BenchModelError("no config '\(spec)': not a file or directory, and not configs/\(spec)/config.json"
                               + (known.isEmpty ? "" : " (configs: \(known.joined(separator: ", ")))"))
     }
 
@@ -104,11 +104,11 @@ struct BenchModel: ParsableCommand {
                           seqLen T: Int, original: (height: Int, width: Int), rng: inout RNG) throws -> Synthetic {
         let S = c.resizeVisionTowerSize, V = c.vocabSize
         let imStart = V - segIds.count - 2, imEnd = V - segIds.count - 1
-        if imStart <= 3 { throw ValidationError("vocab_size \(V) is too small for the synthetic conversations") }
+        if imStart <= 3 { throw BenchModelError("vocab_size \(V) is too small for the synthetic conversations") }
         let answerLength = K * (1 + segIds.count) + 2
         let fixed = 1 + 3 + answerLength
         if T < fixed {
-            throw ValidationError("--seq-len \(T) is too short for \(K) target(s): at least \(fixed) tokens (<s>, <im_start> <image> <im_end>, \(K) x (word + \(segIds.count) SEG), word, </s>)")
+            throw BenchModelError("--seq-len \(T) is too short for \(K) target(s): at least \(fixed) tokens (<s>, <im_start> <image> <im_end>, \(K) x (word + \(segIds.count) SEG), word, </s>)")
         }
         let scale = Double(S) / Double(max(original.height, original.width))
         let valid = (height: min(S, Int(Double(original.height) * scale + 0.5)), width: min(S, Int(Double(original.width) * scale + 0.5)))
@@ -346,6 +346,11 @@ struct BenchModel: ParsableCommand {
             ref.phases[name] = ph
         }
         return .success(ref)
+    }
+
+    struct BenchModelError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
     }
 
     struct ReferenceSkip: Error { let message: String; init(_ m: String) { message = m } }
