@@ -154,9 +154,15 @@ struct BenchModel: ParsableCommand {
         var loss: Double
         /// The train step split: forward (recording the tape) and backward, ms per step.
         var forwardMs: [Double] = [], backwardMs: [Double] = []
-        var mean: Double { ms.reduce(0, +) / Double(max(ms.count, 1)) }
-        static func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(max(v.count, 1)) }
+        var mean: Double { Self.mean(ms) }
+        /// The step time the rates and ratios use: robust to the odd step another process slowed down.
+        var median: Double { Self.median(ms) }
         var best: Double { ms.min() ?? 0 }
+        static func mean(_ v: [Double]) -> Double { v.reduce(0, +) / Double(max(v.count, 1)) }
+        static func median(_ v: [Double]) -> Double {
+            let s = v.sorted()
+            return s.isEmpty ? 0 : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+        }
     }
 
     static func maxRSS() -> Int {
@@ -449,15 +455,15 @@ struct BenchModel: ParsableCommand {
         let flopsOf = { (name: String) in name == "forward" ? flops.forward : flops.total }
         if json {
             func phaseJSON(_ p: Phase) -> [String: Any] {
-                let s = p.mean / 1e3
-                var d: [String: Any] = ["ms": p.ms, "mean_ms": p.mean, "min_ms": p.best, "conversations_per_s": Double(Cn) / s,
+                let s = p.median / 1e3
+                var d: [String: Any] = ["ms": p.ms, "median_ms": p.median, "mean_ms": p.mean, "min_ms": p.best, "conversations_per_s": Double(Cn) / s,
                                         "images_per_s": Double(B) / s, "gflops": Double(flopsOf(p.name)) / s / 1e9,
                                         "fraction_of_sgemm": Double(flopsOf(p.name)) / s / 1e9 / sgemm, "max_rss_bytes": p.maxRSS]
                 if p.loss.isFinite { d["loss"] = p.loss }
                 if let a = p.peakAlloc { d["peak_alloc_bytes"] = a }
                 if !p.forwardMs.isEmpty {
                     d["forward_ms"] = p.forwardMs; d["backward_ms"] = p.backwardMs
-                    d["mean_forward_ms"] = Phase.mean(p.forwardMs); d["mean_backward_ms"] = Phase.mean(p.backwardMs)
+                    d["median_forward_ms"] = Phase.median(p.forwardMs); d["median_backward_ms"] = Phase.median(p.backwardMs)
                 }
                 return d
             }
@@ -478,7 +484,7 @@ struct BenchModel: ParsableCommand {
                 var ratio: [String: Any] = [:]
                 var ratioBest: [String: Any] = [:]
                 for p in ours {
-                    if let q = r.phases[p.name] { ratio[p.name] = q.mean / p.mean; ratioBest[p.name] = q.best / p.best }
+                    if let q = r.phases[p.name] { ratio[p.name] = q.median / p.median; ratioBest[p.name] = q.best / p.best }
                 }
                 out["ratio_pixellm_over_pytorch"] = ratio
                 out["ratio_best_steps"] = ratioBest
@@ -500,24 +506,24 @@ struct BenchModel: ParsableCommand {
         }
         print(String(format: "  machine      load average %.2f at the start, %.2f at the end (1 min; other processes share the cores)", loadStart, loadEnd))
         print("")
-        print("phase          impl       ms/step      min   conv/s  images/s  GFLOP/s  of sgemm  peak alloc   max RSS      loss")
+        print("phase          impl        median      min   conv/s  images/s  GFLOP/s  of sgemm  peak alloc   max RSS      loss")
         let label = ["forward": "forward", "train": "fwd+bwd", "adamw": "fwd+bwd+AdamW"]
         for p in ours {
             var rows: [(String, Phase)] = [("pixellm", p)]
             if let q = reference?.phases[p.name] { rows.append(("PyTorch", q)) }
             for (impl, ph) in rows {
-                let s = ph.mean / 1e3, gf = Double(flopsOf(p.name)) / s / 1e9
+                let s = ph.median / 1e3, gf = Double(flopsOf(p.name)) / s / 1e9
                 print(pad(impl == "pixellm" ? label[p.name]! : "", 14) + " " + pad(impl, 8)
-                      + String(format: " %9.1f %8.1f %8.2f %9.2f %8.1f %8.1f%%", ph.mean, ph.best, Double(Cn) / s, Double(B) / s, gf, 100 * gf / sgemm)
+                      + String(format: " %9.1f %8.1f %8.2f %9.2f %8.1f %8.1f%%", ph.median, ph.best, Double(Cn) / s, Double(B) / s, gf, 100 * gf / sgemm)
                       + "  " + Self.bytes(ph.peakAlloc).leftPadded(10) + "  " + Self.bytes(ph.maxRSS).leftPadded(8)
                       + String(format: "  %8.4f", ph.loss))
                 if !ph.forwardMs.isEmpty {
                     print(pad("", 14) + " " + pad("", 8) + String(format: "   = forward %.1f (recording) + backward %.1f ms",
-                                                                  Phase.mean(ph.forwardMs), Phase.mean(ph.backwardMs)))
+                                                                  Phase.median(ph.forwardMs), Phase.median(ph.backwardMs)))
                 }
             }
             if let q = reference?.phases[p.name] {
-                print(pad("", 14) + " " + String(format: "ratio    %.2fx  (pixellm / PyTorch samples/s; %.2fx on the best steps)", q.mean / p.mean, q.best / p.best))
+                print(pad("", 14) + " " + String(format: "ratio    %.2fx  (pixellm / PyTorch samples/s, medians; %.2fx on the best steps)", q.median / p.median, q.best / p.best))
             }
         }
         if !components.isEmpty {
@@ -529,7 +535,7 @@ struct BenchModel: ParsableCommand {
                 print(pad(name, 20) + String(format: " %8.2f %6.1f%%", ms, 100 * ms / sum) + gf)
             }
         }
-        print("\nconv/s = conversations (samples) per second; GFLOP/s from FLOPCounter's count for both sides (the reference also "
+        print("\nmedian / min = ms per step over the timed steps; rates use the median. conv/s = conversations (samples) per second; GFLOP/s from FLOPCounter's count for both sides (the reference also "
               + "runs CLIP once per conversation and text_hidden_fcs on every position: more work than counted when Q > 1); "
               + "peak alloc = pixellm's caching allocator high-water mark (weights included); max RSS = getrusage of each process.")
     }
