@@ -92,13 +92,58 @@ public final class Tensor: @unchecked Sendable {
 
     public static func arange(_ n: Int) -> Tensor { Tensor((0..<n).map(Float.init), shape: [n]) }
 
-    /// Standard normal entries from a seeded generator.
+    /// Standard normal entries from a seeded generator: exactly `rng.normal() * std` for every element in order
+    /// (large tensors draw the raw numbers in order and run the Box-Muller transforms on the BLAS threads).
     public static func randn(_ shape: [Int], std: Float = 1, rng: inout RNG, requiresGrad: Bool = false) -> Tensor {
         let t = Tensor(empty: shape)
-        let p = t.storage.ptr
-        for i in 0..<t.count { p[i] = rng.normal() * std }
+        fillNormal(t.storage.ptr, count: t.count, std: std, rng: &rng)
         t.requiresGrad = requiresGrad
         return t
+    }
+
+    /// Below this many elements `randn` runs serially.
+    static let parallelNormalThreshold = 1 << 16
+
+    /// `p[i] = rng.normal() * std` for i in 0..<n, bit for bit, leaving `rng` (state and spare) as the serial
+    /// loop would. Large fills go by blocks: the 2 draws of every Box-Muller pair are taken from the stream in
+    /// order (cheap), then the pairs' log / sin / cos (the cost) are split over the BLAS threads.
+    static func fillNormal(_ p: UnsafeMutablePointer<Float>, count n: Int, std: Float, rng: inout RNG) {
+        let workers = n >= parallelNormalThreshold ? max(1, BLAS.info.threads) : 1
+        if workers == 1 {
+            for i in 0..<n { p[i] = rng.normal() * std }
+            return
+        }
+        var start = 0
+        if let v = rng.spare {           // the pending second value of the previous pair comes first
+            rng.spare = nil
+            p[0] = v * std
+            start = 1
+        }
+        let pairs = (n - start) / 2
+        // blocks long enough for the pool threads to wake up, split in more pieces than threads to balance
+        let blockPairs = 1 << 19, pieces = 4 * workers
+        let draws = UnsafeMutablePointer<UInt64>.allocate(capacity: 2 * blockPairs)
+        defer { draws.deallocate() }
+        var done = 0
+        while done < pairs {
+            let m = min(blockPairs, pairs - done)
+            for k in 0..<(2 * m) { draws[k] = rng.next() }
+            let out = p + start + 2 * done
+            let d = UnsafePointer(draws)
+            DispatchQueue.concurrentPerform(iterations: pieces) { w in
+                for k in (m * w / pieces)..<(m * (w + 1) / pieces) {
+                    // RNG.normal(), both values
+                    var u1 = Double(d[2 * k] >> 11) * (1.0 / 9_007_199_254_740_992.0)
+                    if u1 < 1e-300 { u1 = 1e-300 }
+                    let u2 = Double(d[2 * k + 1] >> 11) * (1.0 / 9_007_199_254_740_992.0)
+                    let r = (-2 * _log(u1)).squareRoot()
+                    out[2 * k] = Float(r * _cos(2 * Double.pi * u2)) * std
+                    out[2 * k + 1] = Float(r * _sin(2 * Double.pi * u2)) * std
+                }
+            }
+            done += m
+        }
+        if (n - start) % 2 == 1 { p[n - 1] = rng.normal() * std }   // first value of a new pair; its second stays spare
     }
 
     /// Uniform entries in [lo, hi).

@@ -13,5 +13,5 @@ struct PixelLM: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Performance figures beside the reference (raw OpenBLAS, raw MPI), as ratios.",
-        subcommands: [BenchGemm.self, BenchComm.self])
+        subcommands: [BenchGemm.self, BenchComm.self, BenchModel.self])
 }
