@@ -83,6 +83,7 @@ public enum PixelLMModelDirectory {
             }
         }
         let source = try WeightSources.open(directory)
+        try refuseLLaVA(source, directory)
         let hasVision = source.names.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") }
         var visionDir = visionTower
         if !hasVision && visionDir == nil {
@@ -117,10 +118,7 @@ public enum PixelLMModelDirectory {
             if n.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") && n.hasSuffix("position_ids") { report.ignored.append(n); continue }
             shapes[n] = try source.info(n).shape
         }
-        if shapes["model.mm_projector.weight"] != nil {
-            throw CheckpointDirectoryError(file: name, "this is a LLaVA checkpoint (a single-Linear model.mm_projector.weight): PixelLM needs the 2-layer "
-                + "projector model.mm_projector.{0,2} and the decoder weights of a PixelLM hf_model directory")
-        }
+        try refuseLLaVA(source, name)
         try PixelLMCheckpoint.checkConfig(model.config, segTokenIds: model.segTokenIds, shapes: shapes, source: name)
         let vp = PixelLMForCausalLM.visionPrefix + "."
         let hasVision = shapes.keys.contains { $0.hasPrefix(vp) }
@@ -167,6 +165,15 @@ public enum PixelLMModelDirectory {
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
         for (n, t) in expected { try copy(n, into: t, from: source, name: name, report: &report) }
         return report
+    }
+
+    /// A LLaVA (not PixelLM) checkpoint has a single-Linear projector and no decoder: say so instead of listing
+    /// hundreds of missing names.
+    static func refuseLLaVA(_ source: any WeightSource, _ name: String) throws {
+        if source.contains("model.mm_projector.weight") && !source.contains("model.mm_projector.0.weight") {
+            throw CheckpointDirectoryError(file: name, "this is a LLaVA checkpoint (a single-Linear model.mm_projector.weight): PixelLM needs the 2-layer "
+                + "projector model.mm_projector.{0,2} and the decoder weights of a PixelLM hf_model directory")
+        }
     }
 
     static func checkFloat(_ d: DType, _ key: String, _ name: String) throws {
