@@ -24,11 +24,12 @@ struct Chat: ParsableCommand {
 
     func run() throws {
         let tok = try options.loadTokenizer()
+        let rgb = try RGBImage.load(image)
         let t0 = Date()
         let (model, what) = try options.loadModel(segTokenIds: tok.segIds)
         let load = Date().timeIntervalSince(t0)
         print("loaded \(what) in \(String(format: "%.2f", load)) s (peak RSS \(String(format: "%.2f", peakRSSGB())) GB)")
-        let (img, gi) = try loadImage(image, size: model.config.resizeVisionTowerSize)
+        let (img, gi) = prepareImage(rgb, size: model.config.resizeVisionTowerSize)
         let generator = PixelLMGenerator(model: model)
         let forced = forceAnswer.map { tok.encode($0, addBos: false) } ?? []
         let opts = GenerationOptions(maxNewTokens: maxNewTokens, temperature: temperature, topP: topP, seed: seed, eosId: tok.eosId,

@@ -52,8 +52,7 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
-func loadImage(_ path: String, size: Int) throws -> (RGBImage, GenerationImage) {
-    let img = try RGBImage.load(path)
+func prepareImage(_ img: RGBImage, size: Int) -> (RGBImage, GenerationImage) {
     let input = CLIPImagePreprocessor(size: size)(img)
     return (img, GenerationImage(pixels: input.pixels, validSize: input.validSize, originalSize: (img.height, img.width)))
 }
@@ -78,10 +77,11 @@ struct Forward: ParsableCommand {
 
     func run() throws {
         let tok = try options.loadTokenizer()
+        let rgb = try RGBImage.load(image)
         let t0 = Date()
         let (model, what) = try options.loadModel(segTokenIds: tok.segIds)
         print("loaded \(what) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
-        let (img, gi) = try loadImage(image, size: model.config.resizeVisionTowerSize)
+        let (img, gi) = prepareImage(rgb, size: model.config.resizeVisionTowerSize)
         let text: String
         if let answer {
             text = PixelLMPrompt.trainingConversation(rounds: [(question: PixelLMPrompt.imageToken + "\n" + prompt, answer: answer)],
