@@ -60,8 +60,8 @@ func prepareImage(_ img: RGBImage, size: Int) -> (RGBImage, GenerationImage) {
 func peakRSSGB() -> Double {
     guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
           let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-          let kb = Double(line.split(separator: " ").dropFirst().first ?? "") else { return .nan }
-    return kb / 1e6 * 1.024
+          let kb = Double(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") else { return .nan }
+    return kb * 1024 / 1e9
 }
 
 /// `pixellm forward`: one forward pass (teacher-forced with --answer), named tensors dumped to safetensors.
