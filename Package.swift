@@ -55,6 +55,8 @@ let package = Package(
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
+        // runs the built `pixellm` binary (forward / chat) on Tests/PixelModelTests/Fixtures/ckpt
+        .testTarget(name: "PixelCLITests", dependencies: ["pixellm", "PixelData", "PixelTensor"]),
     ],
     swiftLanguageModes: [.v5]
 )

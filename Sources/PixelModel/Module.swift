@@ -57,11 +57,18 @@ public func newBias(_ n: Int, fanIn: Int, _ initKind: Init, rng: inout RNG) -> T
 public final class Linear: Module {
     public var weight: Tensor
     public var bias: Tensor?
+    /// Inference only (bf16 checkpoints loaded by `PixelLMModelDirectory` with `.bf16` precision): the
+    /// weight kept in bf16, used through `linearBF16`; `weight` is then an empty [out, 0] placeholder.
+    /// nil (the default, and always in training) leaves this layer exactly as before.
+    public var bf16Weight: BF16Tensor?
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, init initKind: Init, rng: inout RNG) {
         weight = newWeight([outFeatures, inFeatures], fanIn: inFeatures, initKind, rng: &rng)
         self.bias = bias ? newBias(outFeatures, fanIn: inFeatures, initKind, rng: &rng) : nil
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight, bias) }
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        if let w = bf16Weight { return linearBF16(x: x, w: w, bias: bias) }
+        return linear(x, weight, bias)
+    }
     public func namedTensors() -> [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 

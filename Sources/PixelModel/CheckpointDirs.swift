@@ -1,0 +1,239 @@
+import Foundation
+import PixelTensor
+
+// User checkpoint directories for inference (`pixellm forward` / `pixellm chat`):
+// * a PixelLM `hf_model` directory: config.json plus weights in any format `WeightSources.open` reads
+//   (model.safetensors, sharded safetensors + index, pytorch_model.bin, sharded .bin + index), stored in
+//   f32, f16 or bf16, with the released names (see PixelLM.swift); the tokenizer files are read by the caller
+//   (PixelText), which passes the SEG ids;
+// * the CLIP vision tower: inside the PixelLM checkpoint ("model.vision_tower.vision_tower.vision_model...."),
+//   else a separate HF CLIP directory (openai/clip-vit-large-patch14-336 layout: "vision_model...." plus a
+//   text tower, projections and logit_scale, which are ignored), given explicitly or as config.json's
+//   `mm_vision_tower` when that is a local directory.
+// Loading is strict (every expected name with its shape, nothing unexpected), after the config/shape check
+// of PixelLMCheckpoint.checkConfig, so a wrong directory is an error that names the field or the tensors.
+//
+// Precision `.bf16` keeps the 7 linear weights of every LLaMA decoder layer in bf16 (Linear.bf16Weight,
+// multiplied by linearBF16, in place in the mapped file when it is stored as bf16); everything else (CLIP,
+// embeddings, lm_head, norms, projectors, decoder) is fp32. For the 7B model that is 12.9 GB + ~2.5 GB
+// instead of ~28 GB. Such a model is for inference only (linearBF16 refuses inputs that require grad).
+
+/// Weights kept in memory as fp32 (exact) or with the LLaMA layer matrices in bf16 (inference).
+public enum WeightPrecision: String, Sendable, CaseIterable {
+    case f32, bf16
+}
+
+/// A checkpoint directory that cannot be used, with the file and what is wrong.
+public struct CheckpointDirectoryError: Error, CustomStringConvertible {
+    public let file: String
+    public let message: String
+    public init(file: String, _ message: String) { self.file = file; self.message = message }
+    public var description: String { "\(file): \(message)" }
+}
+
+public enum PixelLMModelDirectory {
+    /// config.json of a model directory, and its `mm_vision_tower` entry (if any).
+    public static func readConfig(_ directory: String) throws -> (config: PixelLMConfig, mmVisionTower: String?) {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
+            throw CheckpointDirectoryError(file: directory, "model directory does not exist")
+        }
+        let path = (directory as NSString).appendingPathComponent(PixelLMCheckpoint.configName)
+        let config = try PixelLMConfig.load(path)
+        var tower: String?
+        if let data = FileManager.default.contents(atPath: path),
+           let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            tower = obj["mm_vision_tower"] as? String
+            // a relative path is relative to the model directory (a hub name such as "openai/clip-..." is
+            // kept as written: it is only used when it exists as a local directory)
+            if let t = tower, !t.hasPrefix("/") {
+                let rel = (directory as NSString).appendingPathComponent(t)
+                if FileManager.default.fileExists(atPath: rel) { tower = rel }
+            }
+        }
+        return (config, tower)
+    }
+
+    /// The LLaMA linear layers that `.bf16` keeps in bf16, by checkpoint name.
+    public static func bf16Linears(_ model: PixelLMForCausalLM) -> [(String, Linear)] {
+        var out: [(String, Linear)] = []
+        for (i, l) in model.llm.model.layers.enumerated() {
+            let p = "model.layers.\(i)."
+            out += [(p + "self_attn.q_proj.weight", l.selfAttn.qProj), (p + "self_attn.k_proj.weight", l.selfAttn.kProj),
+                    (p + "self_attn.v_proj.weight", l.selfAttn.vProj), (p + "self_attn.o_proj.weight", l.selfAttn.oProj),
+                    (p + "mlp.gate_proj.weight", l.mlp.gateProj), (p + "mlp.up_proj.weight", l.mlp.upProj),
+                    (p + "mlp.down_proj.weight", l.mlp.downProj)]
+        }
+        return out
+    }
+
+    /// Builds the model from `directory`'s config.json and loads everything (see the file comment).
+    /// - visionTower: a CLIP directory; nil uses the one inside the checkpoint, else config's
+    ///   `mm_vision_tower` when it is a local directory.
+    /// - segTokenIds: from the tokenizer (nil: the last N*L vocabulary rows).
+    public static func open(_ directory: String, visionTower: String? = nil, segTokenIds: [Int]? = nil,
+                            precision: WeightPrecision = .f32) throws -> (model: PixelLMForCausalLM, report: CheckpointLoadReport) {
+        let (config, mmTower) = try readConfig(directory)
+        if let seg = segTokenIds {
+            guard seg.count == config.segTokensPerTarget else {
+                throw CheckpointDirectoryError(file: directory, "the tokenizer has \(seg.count) SEG tokens but the config needs seg_token_num x image_feature_scale_num = \(config.segTokensPerTarget)")
+            }
+            if let bad = seg.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
+                throw CheckpointDirectoryError(file: directory, "SEG token id \(bad) from the tokenizer is outside vocab_size \(config.vocabSize)")
+            }
+        }
+        let source = try WeightSources.open(directory)
+        try refuseLLaVA(source, directory)
+        let hasVision = source.names.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") }
+        var visionDir = visionTower
+        if !hasVision && visionDir == nil {
+            var isDir: ObjCBool = false
+            if let t = mmTower, FileManager.default.fileExists(atPath: t, isDirectory: &isDir), isDir.boolValue {
+                visionDir = t
+            } else {
+                throw CheckpointDirectoryError(file: directory, "the checkpoint has no CLIP vision tower and none was given: pass --vision-tower DIR"
+                    + (mmTower.map { " (config.json's mm_vision_tower '\($0)' is not a local directory)" } ?? ""))
+            }
+        }
+        var rng = RNG(seed: 0)
+        let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
+        var report = try load(model, from: source, name: directory, precision: precision)
+        if let visionDir, !hasVision {
+            let r = try loadVision(model, from: try WeightSources.open(visionDir), name: visionDir)
+            report.loaded += r.loaded
+            report.ignored += r.ignored
+            report.dtypes.formUnion(r.dtypes)
+        }
+        return (model, report)
+    }
+
+    /// Loads the PixelLM checkpoint (CLIP too when it is inside) from any weight source, strictly.
+    @discardableResult
+    public static func load(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String,
+                            precision: WeightPrecision = .f32) throws -> CheckpointLoadReport {
+        var report = CheckpointLoadReport()
+        var shapes: [String: [Int]] = [:]
+        for n in source.names {
+            if PixelLMCheckpoint.ignoredSuffixes.contains(where: { n.hasSuffix($0) }) { report.ignored.append(n); continue }
+            if n.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") && n.hasSuffix("position_ids") { report.ignored.append(n); continue }
+            shapes[n] = try source.info(n).shape
+        }
+        try refuseLLaVA(source, name)
+        try PixelLMCheckpoint.checkConfig(model.config, segTokenIds: model.segTokenIds, shapes: shapes, source: name)
+        let vp = PixelLMForCausalLM.visionPrefix + "."
+        let hasVision = shapes.keys.contains { $0.hasPrefix(vp) }
+        if hasVision {
+            var vshapes: [String: [Int]] = [:]
+            for (n, s) in shapes where n.hasPrefix(vp) { vshapes[String(n.dropFirst(vp.count))] = s }
+            try PixelLMCheckpoint.checkVisionConfig(model.config.visionConfig, shapes: vshapes, source: name + " (vision tower)")
+        }
+        let expected = model.checkpointTensors(includeVision: hasVision)
+        if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
+        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
+        for (n, t) in expected {
+            if let lin = bf16[n] {
+                let info = try source.info(n)
+                try checkFloat(info.dtype, n, name)
+                lin.bf16Weight = try source.bf16(n)
+                lin.weight = Tensor(empty: [info.shape[0], 0])
+                report.dtypes.insert(info.dtype.name)
+                report.loaded += 1
+            } else {
+                try copy(n, into: t, from: source, name: name, report: &report)
+            }
+        }
+        report.visionLoaded = hasVision
+        if precision == .bf16 { CachingAllocator.shared.emptyCache() }
+        return report
+    }
+
+    /// Loads CLIP ("vision_model....") from a CLIPVisionModel or CLIPModel checkpoint; the text tower,
+    /// projections, logit_scale and position_ids are ignored (reported).
+    @discardableResult
+    public static func loadVision(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String) throws -> CheckpointLoadReport {
+        var report = CheckpointLoadReport()
+        var shapes: [String: [Int]] = [:]
+        for n in source.names {
+            if !n.hasPrefix("vision_model.") || n.hasSuffix("position_ids") { report.ignored.append(n); continue }
+            shapes[n] = try source.info(n).shape
+        }
+        if shapes.isEmpty {
+            throw CheckpointDirectoryError(file: name, "no CLIP vision weights (no tensor named vision_model.*) in this checkpoint")
+        }
+        try PixelLMCheckpoint.checkVisionConfig(model.config.visionConfig, shapes: shapes, source: name)
+        let expected = model.visionNamedTensors()
+        if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
+        for (n, t) in expected { try copy(n, into: t, from: source, name: name, report: &report) }
+        return report
+    }
+
+    /// A LLaVA (not PixelLM) checkpoint has a single-Linear projector and no decoder: say so instead of listing
+    /// hundreds of missing names.
+    static func refuseLLaVA(_ source: any WeightSource, _ name: String) throws {
+        if source.contains("model.mm_projector.weight") && !source.contains("model.mm_projector.0.weight") {
+            throw CheckpointDirectoryError(file: name, "this is a LLaVA checkpoint (a single-Linear model.mm_projector.weight): PixelLM needs the 2-layer "
+                + "projector model.mm_projector.{0,2} and the decoder weights of a PixelLM hf_model directory")
+        }
+    }
+
+    static func checkFloat(_ d: DType, _ key: String, _ name: String) throws {
+        guard d.isFloatReadable else {
+            throw CheckpointDirectoryError(file: name, "'\(key)': dtype \(d.name) is not supported for weights (F32, F16 or BF16)")
+        }
+    }
+
+    static func copy(_ n: String, into t: Tensor, from source: any WeightSource, name: String, report: inout CheckpointLoadReport) throws {
+        let info = try source.info(n)
+        try checkFloat(info.dtype, n, name)
+        let v = try source.tensor(n).contiguousData()
+        precondition(t.isContiguous && t.count == v.count, "checkpoint copy: \(n) is not a contiguous \(describe(info.shape)) tensor")
+        if v.count > 0 { t.ptr.update(from: v.ptr, count: v.count) }
+        report.dtypes.insert(info.dtype.name)
+        report.loaded += 1
+    }
+
+    // MARK: - benchmark weights
+
+    /// Benchmark only (no meaning, not a trained or HF-like init): a model with deterministic pseudo-random
+    /// weights made by hashing the element index, fast enough for the 7B shape. The LLaMA layer matrices are
+    /// written straight into bf16 when `precision` is `.bf16` (the fp32 skeleton pages are never touched).
+    /// Values: norms 1, biases 0, other tensors uniform in +-sqrt(3 / fan_in) (unit-variance activations).
+    public static func hashedModel(config: PixelLMConfig, segTokenIds: [Int]? = nil, precision: WeightPrecision, seed: UInt64 = 1) -> PixelLMForCausalLM {
+        var rng = RNG(seed: seed)
+        let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
+        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
+        var k: UInt64 = seed &* 0x9E37_79B9_7F4A_7C15
+        for (n, t) in model.allNamedTensors() {
+            k &+= 0x1000_0000_0001
+            let fanIn = t.rank >= 2 ? t.count / t.dim(0) : max(t.count, 1)
+            let a = (3 / Float(max(fanIn, 1))).squareRoot()
+            if let lin = bf16[n] {
+                let shape = t.shape
+                let w = UnsafeMutablePointer<UInt16>.allocate(capacity: t.count)
+                defer { w.deallocate() }
+                fillHashed(count: t.count, key: k, scale: a) { i, x in w[i] = Convert.bf16(x) }
+                lin.bf16Weight = BF16Tensor(bits: Array(UnsafeBufferPointer(start: w, count: t.count)), shape: shape)
+                lin.weight = Tensor(empty: [shape[0], 0])
+                continue
+            }
+            if PositionEmbeddingRandom.isBuffer(n) { continue }
+            let p = t.ptr
+            if n.hasSuffix("bias") { p.update(repeating: 0, count: t.count) }
+            else if n.contains("norm") && n.hasSuffix("weight") { p.update(repeating: 1, count: t.count) }
+            else { fillHashed(count: t.count, key: k, scale: a) { i, x in p[i] = x } }
+        }
+        CachingAllocator.shared.emptyCache()
+        return model
+    }
+
+    @inline(__always)
+    static func fillHashed(count: Int, key: UInt64, scale: Float, _ put: (Int, Float) -> Void) {
+        for i in 0..<count {
+            var z = UInt64(i) &+ key
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            put(i, (Float(z >> 40) * (2.0 / 16_777_216.0) - 1) * scale)
+        }
+    }
+}

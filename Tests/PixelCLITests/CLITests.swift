@@ -1,0 +1,137 @@
+import Foundation
+import XCTest
+import PixelData
+import PixelTensor
+
+/// `pixellm forward` and `pixellm chat` end to end, as a user runs them (the built binary next to this test
+/// bundle), on the checkpoint fixtures of tools/fixtures/model_checkpoint_dirs.py.
+final class CLITests: XCTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../PixelModelTests/Fixtures/ckpt").standardized.path
+    static func sub(_ n: String) -> String { (fixtures as NSString).appendingPathComponent(n) }
+    static var binary: String {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for d in [dir, dir.deletingLastPathComponent()] {
+            let p = d.appendingPathComponent("pixellm").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("pixellm").path
+    }
+    static let answer = "It is [SEG0][SEG1][SEG2][SEG3][SEG4][SEG5]."
+
+    struct Run { var status: Int32; var out: String; var err: String; var signalled: Bool }
+
+    func run(_ args: [String], stdin: String? = nil) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = args
+        let o = Pipe(), e = Pipe(), i = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        p.standardInput = i
+        try p.run()
+        if let stdin { i.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
+        try i.fileHandleForWriting.close()
+        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Run(status: p.terminationStatus, out: String(decoding: od, as: UTF8.self), err: String(decoding: ed, as: UTF8.self),
+                   signalled: p.terminationReason == .uncaughtSignal)
+    }
+
+    static func temp(_ n: String) -> String {
+        let d = NSTemporaryDirectory() + "pixellm-cli-\(n)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: d)
+        return d
+    }
+
+    func forward(_ model: String, _ dump: String, extra: [String] = []) throws {
+        let r = try run(["forward", "--model", Self.sub(model), "--image", Self.sub("image.png"), "--prompt", "Where is the cat?",
+                         "--answer", Self.answer, "--dump", dump] + extra)
+        XCTAssertEqual(r.status, 0, r.err + r.out)
+    }
+
+    func testForwardDumpsAreIdenticalAcrossFormatsAndMatchPyTorch() throws {
+        let a = Self.temp("st.safetensors"), b = Self.temp("bin.safetensors"), f = Self.temp("f32.safetensors")
+        try forward("st-bf16", a)
+        try forward("bin-bf16", b)
+        try forward("st-f32", f)
+        let da = try SafetensorsFile(a).floatTensors(), db = try SafetensorsFile(b).floatTensors()
+        XCTAssertEqual(Set(da.keys), ["input_ids", "image.pixels", "vision.deep", "vision.mid", "lm.hidden", "lm.logits", "seg.rows",
+                                      "seg.embeddings", "seg.queries", "image.embeddings", "mask.logits_low", "mask.logits"])
+        for (k, v) in da { XCTAssertEqual(v.toArray(), db[k]?.toArray(), "\(k): safetensors vs .bin dumps differ") }
+        XCTAssertEqual(da["mask.logits"]?.shape, [1, 45, 60])
+        XCTAssertEqual(da["mask.logits_low"]?.shape, [1, 32, 32])
+        let ref = try SafetensorsFile(Self.sub("reference.safetensors")).floatTensors()
+        let df = try SafetensorsFile(f).floatTensors()
+        for (k, want) in ref {
+            let got = k == "lm.logits.tail" ? df["lm.logits"]!.slice(axis: 0, df["lm.logits"]!.dim(0) - want.dim(0), df["lm.logits"]!.dim(0)) : df[k]!
+            XCTAssertEqual(got.shape, want.shape, k)
+            let x = got.toArray(), y = want.toArray()
+            var num: Float = 0, den: Float = 1e-12
+            for i in 0..<min(x.count, y.count) { num = max(num, abs(x[i] - y[i])); den = max(den, abs(y[i])) }
+            XCTAssertLessThanOrEqual(num / den, 1e-4, "\(k) vs PyTorch")
+        }
+    }
+
+    func testChatWritesMasksAndOverlay() throws {
+        let d = Self.temp("chat")
+        let r = try run(["chat", "--model", Self.sub("st-f32"), "--image", Self.sub("image.png"), "--prompt", "Where is the cat?",
+                         "--force-answer", Self.answer, "--max-new-tokens", "12", "--out-dir", d])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("answer: It is [1]"), r.out)
+        XCTAssertTrue(r.out.contains("s/token"), r.out)
+        XCTAssertTrue(r.out.contains("prefill"), r.out)
+        let m = try GrayImage.load(d + "/mask_1.png")
+        XCTAssertEqual(m.width, 60)
+        XCTAssertEqual(m.height, 45)
+        XCTAssertTrue(m.pixels.allSatisfy { $0 == 0 || $0 == 255 })
+        XCTAssertEqual(m.pixels.filter { $0 == 255 }.count, 385)   // as PyTorch's mask.logits > 0
+        let o = try RGBImage.load(d + "/overlay.png")
+        XCTAssertGreaterThanOrEqual(o.width, 60)
+        XCTAssertGreaterThan(o.height, 45)
+        // interactive: two questions from stdin, bf16 precision
+        let d2 = Self.temp("chat-i")
+        let r2 = try run(["chat", "--model", Self.sub("st-bf16"), "--precision", "bf16", "--image", Self.sub("image.png"),
+                          "--max-new-tokens", "3", "--out-dir", d2], stdin: "Where?\nWhat?\n")
+        XCTAssertEqual(r2.status, 0, r2.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d2 + "/q1/overlay.png"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d2 + "/q2/overlay.png"))
+    }
+
+    /// Bad input ends with a message naming the file and the problem, exit status 1, never a crash.
+    func testBadInputsAreNamedErrors() throws {
+        func expectError(_ args: [String], _ mentions: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+            let r = try run(args)
+            XCTAssertFalse(r.signalled, "crashed: \(r.err)", file: file, line: line)
+            XCTAssertNotEqual(r.status, 0, file: file, line: line)
+            for m in mentions { XCTAssertTrue(r.err.contains(m), "stderr '\(r.err)' does not mention '\(m)'", file: file, line: line) }
+        }
+        let img = Self.sub("image.png")
+        let missing = Self.temp("nope")
+        try expectError(["chat", "--model", missing, "--image", img, "--prompt", "x"], [missing])
+        try expectError(["chat", "--model", Self.sub("st-f32"), "--image", missing + ".png", "--prompt", "x"], [missing + ".png"])
+        // an image that does not decode
+        let bad = Self.temp("bad.png")
+        try Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 1, 2, 3]).write(to: URL(fileURLWithPath: bad))
+        try expectError(["forward", "--model", Self.sub("st-f32"), "--image", bad, "--prompt", "x", "--dump", Self.temp("d.st")], [bad])
+        // an unsupported pickle
+        try expectError(["chat", "--model", Self.sub("bad-pickle"), "--tokenizer", Self.sub("st-f32"), "--image", img, "--prompt", "x"],
+                        ["bad-pickle/pytorch_model.bin", "NotATensor"])
+        // a truncated .bin
+        let tb = Self.temp("truncbin")
+        try FileManager.default.copyItem(atPath: Self.sub("bin-bf16"), toPath: tb)
+        let binPath = tb + "/pytorch_model.bin"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: binPath))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: binPath))
+        try expectError(["chat", "--model", tb, "--vision-tower", Self.sub("clip"), "--image", img, "--prompt", "x"], [binPath])
+        // a tokenizer type we do not support
+        let tk = Self.temp("tok")
+        try FileManager.default.copyItem(atPath: Self.sub("st-f32"), toPath: tk)
+        for f in ["tokenizer.model", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json"] {
+            try FileManager.default.removeItem(atPath: tk + "/" + f)
+        }
+        try #"{"version": "1.0", "model": {"type": "WordPiece", "vocab": {"a": 0}}, "added_tokens": []}"#
+            .write(toFile: tk + "/tokenizer.json", atomically: true, encoding: .utf8)
+        try expectError(["chat", "--model", tk, "--vision-tower", Self.sub("clip"), "--image", img, "--prompt", "x"], [tk, "WordPiece"])
+    }
+}
