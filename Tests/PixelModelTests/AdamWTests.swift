@@ -14,5 +14,6 @@ final class AdamWTests: XCTestCase {
             assertMatches(p1, f["step\(s)/p1"]!, tol: 1e-6, "p1 after step \(s + 1)")
             assertMatches(p2, f["step\(s)/p2"]!, tol: 1e-6, "p2 after step \(s + 1)")
         }
+        XCTAssertEqual(opt.step, 5)
     }
 }

@@ -7,6 +7,7 @@ final class CoreFixtureTests: XCTestCase {
     func c(_ n: String) -> FixtureCase? { Self.cases[n] }
 
     func testMatmul() {
+        XCTAssertEqual(Self.cases.count, 22, "every core fixture case is present")
         Fixtures.check(c("matmul_nn")) { $0.inputs[0].matmul($0.inputs[1]) }
         Fixtures.check(c("matmul_tn")) { $0.inputs[0].transpose(0, 1).matmul($0.inputs[1]) }
         Fixtures.check(c("matmul_nt")) { $0.inputs[0].matmul($0.inputs[1].transpose(0, 1)) }
