@@ -32,7 +32,7 @@ let package = Package(
         .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .target(name: "CPixelImage", dependencies: ["CJPEG", "CPNG"], cSettings: [.unsafeFlags(["-O2"])]),
-        .target(name: "PixelData", dependencies: ["CPixelImage", "PixelTensor"], swiftSettings: kernelSettings),
+        .target(name: "PixelData", dependencies: ["CPixelImage", "CHDF5", "PixelTensor", "PixelText"], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
         .executableTarget(
             name: "pixellm",
@@ -53,7 +53,7 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor", "PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
         // runs the built `pixellm` binary (forward / chat) on Tests/PixelModelTests/Fixtures/ckpt
         .testTarget(name: "PixelCLITests", dependencies: ["pixellm", "PixelData", "PixelTensor"]),
