@@ -6,6 +6,7 @@ import PixelTensor
 //   (model.safetensors, sharded safetensors + index, pytorch_model.bin, sharded .bin + index), stored in
 //   f32, f16 or bf16, with the released names (see PixelLM.swift); the tokenizer files are read by the caller
 //   (PixelText), which passes the SEG ids;
+// * a LLaVA base directory is refused here: LLaVABase.swift initialises PixelLM from it;
 // * the CLIP vision tower: inside the PixelLM checkpoint ("model.vision_tower.vision_tower.vision_model...."),
 //   else a separate HF CLIP directory (openai/clip-vit-large-patch14-336 layout: "vision_model...." plus a
 //   text tower, projections and logit_scale, which are ignored), given explicitly or as config.json's
@@ -167,12 +168,15 @@ public enum PixelLMModelDirectory {
         return report
     }
 
-    /// A LLaVA (not PixelLM) checkpoint has a single-Linear projector and no decoder: say so instead of listing
-    /// hundreds of missing names.
+    /// A LLaVA base (not PixelLM) checkpoint has a single-Linear projector (or none) and no decoder: say so, and
+    /// how to use it, instead of listing hundreds of missing names. `LLaVABase.initialize(fromLLaVA:...)` builds
+    /// PixelLM from it (new projectors, decoder and SEG rows), as `pixellm forward` / `chat` do for such a directory.
     static func refuseLLaVA(_ source: any WeightSource, _ name: String) throws {
-        if source.contains("model.mm_projector.weight") && !source.contains("model.mm_projector.0.weight") {
-            throw CheckpointDirectoryError(file: name, "this is a LLaVA checkpoint (a single-Linear model.mm_projector.weight): PixelLM needs the 2-layer "
-                + "projector model.mm_projector.{0,2} and the decoder weights of a PixelLM hf_model directory")
+        let singleLinear = source.contains("model.mm_projector.weight") && !source.contains("model.mm_projector.0.weight")
+        if singleLinear || LLaVABase.isLLaVA(source) {
+            throw CheckpointDirectoryError(file: name, "this is a LLaVA base checkpoint ("
+                + (singleLinear ? "a single-Linear model.mm_projector.weight, " : "") + "no PixelLM decoder weights), not a PixelLM hf_model: "
+                + "initialise PixelLM from it with LLaVABase.initialize(fromLLaVA:) (pixellm forward / chat do this for a LLaVA directory)")
         }
     }
 

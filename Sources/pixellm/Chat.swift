@@ -23,12 +23,11 @@ struct Chat: ParsableCommand {
     var forceAnswer: String?
 
     func run() throws {
-        let tok = try options.loadTokenizer()
         let rgb = try RGBImage.load(image)
         let t0 = Date()
-        let (model, what) = try options.loadModel(segTokenIds: tok.segIds)
+        let (tok, model, what) = try options.load()
         let load = Date().timeIntervalSince(t0)
-        print("loaded \(what) in \(String(format: "%.2f", load)) s (peak RSS \(String(format: "%.2f", peakRSSGB())) GB)")
+        print("loaded \(what.joined(separator: "\n")) in \(String(format: "%.2f", load)) s (peak RSS \(String(format: "%.2f", peakRSSGB())) GB)")
         let (img, gi) = prepareImage(rgb, size: model.config.resizeVisionTowerSize)
         let generator = PixelLMGenerator(model: model)
         let forced = forceAnswer.map { tok.encode($0, addBos: false) } ?? []

@@ -16,6 +16,8 @@ struct ModelOptions: ParsableArguments {
     var precision: String?
     @Option(help: "BENCHMARK ONLY: no checkpoint; a config directory (or configs/<name>) whose model gets hashed pseudo-random weights (meaningless answers, real sizes and speed).")
     var randomWeights: String?
+    @Option(help: "LLaVA base directory only (--model a LLaVA checkpoint: PixelLM as training starts from it): seed of the newly initialised weights (projectors, decoder, SEG rows).")
+    var initSeed: UInt64 = 0
 
     func validate() throws {
         if (model == nil) == (randomWeights == nil) { throw ValidationError("give exactly one of --model and --random-weights") }
@@ -26,6 +28,39 @@ struct ModelOptions: ParsableArguments {
     func loadTokenizer() throws -> Tokenizer {
         let tok = try Tokenizer(directory: tokenizer ?? model!)
         return tok
+    }
+
+    /// The tokenizer, the model and the lines describing what was loaded. A LLaVA base directory (LLaMA weights,
+    /// no PixelLM decoder) gives PixelLM as training initialises it (LLaVABase); when its tokenizer lacks the SEG
+    /// tokens, they are appended as train_ds.py does, in a temporary copy of the tokenizer.
+    func load() throws -> (Tokenizer, PixelLMForCausalLM, [String]) {
+        guard randomWeights == nil, let dir = model, LLaVABase.isLLaVADirectory(dir) else {
+            let tok = try loadTokenizer()
+            let (m, what) = try loadModel(segTokenIds: tok.segIds)
+            return (tok, m, [what])
+        }
+        let tokDir = tokenizer ?? dir
+        var tok = try Tokenizer(directory: tokDir)
+        var known: [String: Int] = [:]
+        for (t, i) in zip(tok.segTokens, tok.segIds) { known[t] = i }
+        if let i = tok.imStartId { known["<im_start>"] = i }
+        if let i = tok.imEndId { known["<im_end>"] = i }
+        let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
+        let p = WeightPrecision(rawValue: precision ?? "f32")!
+        let (m, report) = try LLaVABase.initialize(fromLLaVA: dir, visionTower: visionTower, tokenizer: info, seed: initSeed, precision: p)
+        var lines = report.summary
+        if !report.vocabulary.appended.isEmpty {
+            let ext = NSTemporaryDirectory() + "pixellm-tokenizer-\(getpid())"
+            try LLaVABase.writeExtendedTokenizer(from: tokDir, to: ext, vocabulary: report.vocabulary)
+            tok = try Tokenizer(directory: ext)
+            try? FileManager.default.removeItem(atPath: ext)
+            guard tok.segIds == m.segTokenIds, tok.vocabSize == m.config.vocabSize else {
+                throw ValidationError("\(tokDir): the tokenizer with PixelLM's tokens appended has SEG ids \(tok.segIds) and \(tok.vocabSize) tokens, "
+                                      + "the model \(m.segTokenIds) and \(m.config.vocabSize)")
+            }
+        }
+        lines[0] += ", in memory \(p.rawValue)"
+        return (tok, m, lines)
     }
 
     /// The model and a line describing what was loaded.
@@ -76,11 +111,10 @@ struct Forward: ParsableCommand {
     @Option(help: "Output .safetensors file.") var dump: String
 
     func run() throws {
-        let tok = try options.loadTokenizer()
         let rgb = try RGBImage.load(image)
         let t0 = Date()
-        let (model, what) = try options.loadModel(segTokenIds: tok.segIds)
-        print("loaded \(what) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
+        let (tok, model, what) = try options.load()
+        print("loaded \(what.joined(separator: "\n")) in \(String(format: "%.2f", Date().timeIntervalSince(t0))) s")
         let (img, gi) = prepareImage(rgb, size: model.config.resizeVisionTowerSize)
         let text: String
         if let answer {
