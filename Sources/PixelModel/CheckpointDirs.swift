@@ -74,6 +74,8 @@ public enum PixelLMModelDirectory {
     /// - segTokenIds: from the tokenizer (nil: the last N*L vocabulary rows).
     public static func open(_ directory: String, visionTower: String? = nil, segTokenIds: [Int]? = nil,
                             precision: WeightPrecision = .f32) throws -> (model: PixelLMForCausalLM, report: CheckpointLoadReport) {
+        // a LLaVA base first: its config.json (no PixelLM fields) would otherwise fail with a less useful message
+        if let s = try? WeightSources.open(directory) { try refuseLLaVA(s, directory) }
         let (config, mmTower) = try readConfig(directory)
         if let seg = segTokenIds {
             guard seg.count == config.segTokensPerTarget else {
