@@ -98,6 +98,38 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: d2 + "/q2/overlay.png"))
     }
 
+    /// A LLaVA base directory (tools/fixtures/model_llava_dir.py) is no longer refused: PixelLM is initialised from
+    /// it as training starts (released PixelLM settings, new projectors / decoder / SEG rows), the report is printed,
+    /// the tokenizer gets [SEG0..5] appended, and the forward produces masks; without a vision tower it is a named error.
+    func testLLaVABaseDirectoryIsInitialisedNotRefused() throws {
+        let dump = Self.temp("llava.safetensors")
+        let r = try run(["forward", "--model", Self.sub("llava-st"), "--vision-tower", Self.sub("clip"), "--image", Self.sub("image.png"),
+                         "--prompt", "Where is the cat?", "--answer", Self.answer, "--dump", dump])
+        XCTAssertEqual(r.status, 0, r.err + r.out)
+        for s in ["LLaVA base", "model.mm_projector.weight", "single-Linear", "untrained", "[SEG0]=1503", "[SEG5]=1508", "6 SEG tokens, 1 masks"] {
+            XCTAssertTrue(r.out.contains(s), "output does not mention '\(s)': \(r.out)")
+        }
+        let d = try SafetensorsFile(dump).floatTensors()
+        XCTAssertEqual(d["mask.logits"]?.shape, [1, 45, 60])
+        XCTAssertEqual(d["lm.logits"]?.dim(1), 1509)
+        XCTAssertEqual(d["seg.queries"]?.shape, [1, 2, 256])   // the released out_dim: the tiny LLaVA gets PixelLM's real decoder
+        // the SEG tokens of the teacher-forced answer are single tokens of the appended ids
+        let ids = d["input_ids"]!.toArray().map { Int($0) }
+        XCTAssertEqual(ids.filter { (1503...1508).contains($0) }, Array(1503...1508))
+        // chat from the .bin (bf16) LLaVA base
+        let out = Self.temp("llava-chat")
+        let c = try run(["chat", "--model", Self.sub("llava-bin"), "--vision-tower", Self.sub("clip"), "--image", Self.sub("image.png"),
+                         "--prompt", "Where?", "--force-answer", Self.answer, "--max-new-tokens", "8", "--out-dir", out])
+        XCTAssertEqual(c.status, 0, c.err + c.out)
+        XCTAssertTrue(c.out.contains("answer: It is [1]"), c.out)
+        XCTAssertTrue(c.out.contains("untrained"), c.out)
+        // no vision tower: config.json's mm_vision_tower is a hub name
+        let e = try run(["forward", "--model", Self.sub("llava-st"), "--image", Self.sub("image.png"), "--prompt", "x", "--dump", Self.temp("x.st")])
+        XCTAssertFalse(e.signalled, e.err)
+        XCTAssertNotEqual(e.status, 0)
+        XCTAssertTrue(e.err.contains(Self.sub("llava-st")) && e.err.contains("--vision-tower"), e.err)
+    }
+
     /// Bad input ends with a message naming the file and the problem, exit status 1, never a crash.
     func testBadInputsAreNamedErrors() throws {
         func expectError(_ args: [String], _ mentions: [String], file: StaticString = #filePath, line: UInt = #line) throws {
