@@ -46,7 +46,12 @@ struct ModelOptions: ParsableArguments {
         if let i = tok.imStartId { known["<im_start>"] = i }
         if let i = tok.imEndId { known["<im_end>"] = i }
         let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
-        let p = WeightPrecision(rawValue: precision ?? "f32")!
+        var p = WeightPrecision(rawValue: precision ?? "f32")!
+        if precision == nil, let src = try? WeightSources.open(dir), let up = src.names.first(where: { $0.hasSuffix("mlp.up_proj.weight") }),
+           let info = try? src.info(up), info.dtype == .bf16,
+           src.names.filter({ $0.hasSuffix("mlp.up_proj.weight") }).count * info.shape.reduce(1, *) * 3 > 1_000_000_000 {
+            p = .bf16   // as for a PixelLM directory: a bf16 7B/13B base keeps its layer matrices in bf16
+        }
         let (m, report) = try LLaVABase.initialize(fromLLaVA: dir, visionTower: visionTower, tokenizer: info, seed: initSeed, precision: p)
         var lines = report.summary
         if !report.vocabulary.appended.isEmpty {

@@ -144,6 +144,15 @@ final class LLaVABaseTests: XCTestCase {
             }
             for i in 0..<x.count { XCTAssertLessThanOrEqual(abs(x[i] - y[i]), abs(x[i]) / 128 + 1e-30, "\(n)[\(i)] is not the bf16 rounding") }
         }
+        // .bf16 precision keeps the layer matrices in bf16: the same logits as the f32 copy of the bf16 file
+        let (b16, _) = try LLaVABase.initialize(fromLLaVA: Self.sub("llava-bin"), visionTower: Self.sub("clip"), tokenizer: Self.tokenizer(),
+                                                settings: try Self.tiny, seed: 7, precision: .bf16)
+        XCTAssertNotNil(b16.llm.model.layers[0].selfAttn.qProj.bf16Weight)
+        let ids = [1, 450, 7, 1200, 1503, 1504]
+        let a = try Autograd.noGrad { bin.llm.logits(bin.llm(bin.llm.model.embed(ids, shape: [1, ids.count]))) }.toArray()
+        let b = try Autograd.noGrad { b16.llm.logits(b16.llm(b16.llm.model.embed(ids, shape: [1, ids.count]))) }.toArray()
+        let scale = max(1, a.map { abs($0) }.max()!)
+        XCTAssertLessThanOrEqual(zip(a, b).map { abs($0 - $1) }.max()! / scale, 2e-2)
     }
 
     func testForwardWithAnImageProducesMasks() throws {
