@@ -39,6 +39,36 @@ final class ReasonSegVQAReaderTests: XCTestCase {
         XCTAssertLessThan(Double(outsideDiff), 0.03 * Double(outsideForeground), "\(outsideDiff) pixels differ")
     }
 
+    /// Damaged items are SampleSkips naming the file, never crashes: a non-image .jpg, malformed shapes,
+    /// absurd coordinates, cp1252 text.
+    func testReasonSegDamagedItems() throws {
+        let dir = try makeScratchDirectory(self)
+        let split = dir + "/reason_seg/ReasonSeg/train"
+        try FileManager.default.createDirectory(atPath: split, withIntermediateDirectories: true)
+        let jpg = try Image.readFile(Self.root + "/reason_seg/ReasonSeg/train/r1.jpg")
+        func write(_ name: String, _ text: String) throws { try Data(text.utf8).write(to: URL(fileURLWithPath: split + "/" + name)) }
+        try write("a.jpg", "this is not an image")
+        try write("a.json", #"{"text": ["x"], "is_sentence": true, "shapes": []}"#)
+        for n in ["b", "c", "d", "e"] { try Data(jpg).write(to: URL(fileURLWithPath: split + "/\(n).jpg")) }
+        try write("b.json", #"{"text": ["x"], "is_sentence": true, "shapes": [{"label": "target", "points": [[1, "y"]]}]}"#)
+        try write("c.json", #"{"text": ["huge"], "is_sentence": false, "shapes": [{"label": "target", "points": [[999999999, -999999999], [-999999999, 999999999], [5, 5]]}]}"#)
+        try write("d.json", #"{"text": [], "is_sentence": true, "shapes": []}"#)
+        // cp1252 bytes (0xE9 = e acute) are not UTF-8: the reference retries with cp1252
+        try Data([UInt8](#"{"text": ["caf"#.utf8) + [0xE9] + [UInt8](#""], "is_sentence": false, "shapes": [{"label": "target", "points": [[1, 1], [8, 1], [8, 8]]}]}"#.utf8))
+            .write(to: URL(fileURLWithPath: split + "/e.json"))
+        let r = try ReasonSegReader(datasetDir: dir, split: "train")
+        XCTAssertEqual(r.count, 5)
+        assertThrows(try r.sample(0, seed: 0), containing: ["a.jpg", "neither JPEG nor PNG"], "not an image")
+        assertThrows(try r.sample(1, seed: 0), containing: ["b.json", "shape 0 point 0"], "bad point")
+        let c = try r.sample(2, seed: 0)
+        XCTAssertEqual(c.targets.count, 1)
+        XCTAssert(c.targets[0].mask.decode().data.allSatisfy { $0 <= 1 })
+        assertThrows(try r.sample(3, seed: 0), containing: ["d.json", "no sentences"], "no text")
+        let e = try r.sample(4, seed: 0)
+        XCTAssert(e.conversations[0][0].question.contains("caf\u{e9}"), e.conversations[0][0].question)
+        XCTAssertGreaterThan(e.targets[0].mask.area, 20)
+    }
+
     func testReasonSegMasksTemplatesAndSkips() throws {
         let expected = try DataFixtures.json("datasets/expected/reason_seg_masks.json")
         var o = ReaderOptions(); o.explanatory = -1
