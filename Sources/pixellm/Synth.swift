@@ -16,6 +16,8 @@ struct Synth: ParsableCommand {
     @Option(help: "Image width in pixels (height is the same or 3/4 of it).") var size: Int = 224
     @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 4096); 0 for none.")
     var vocabSize: Int = 4096
+    @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
+    var tokenizerCorpus: String?
 
     func validate() throws {
         if train < 0 || val < 0 || test < 0 { throw ValidationError("--train, --val and --test must be >= 0") }
@@ -27,5 +29,10 @@ struct Synth: ParsableCommand {
         let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")
+        if let path = tokenizerCorpus {
+            var seen = Set<String>()
+            let texts = SynthTokenizer.corpus().filter { seen.insert($0).inserted }
+            try Data(SynthJSON.array(texts.map { .string($0) }).text.utf8).write(to: URL(fileURLWithPath: path))
+        }
     }
 }
