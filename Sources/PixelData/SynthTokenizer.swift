@@ -116,7 +116,8 @@ public struct SynthTokenizer: Sendable {
     static let noSplit = addedTokens + specialTokens + ["<image>"]
 
     /// The pieces of `text` the model encodes (reference mode): split on the no-split strings, whitespace
-    /// around them stripped, each piece with the SentencePiece dummy prefix and spaces as "▁".
+    /// around them stripped, each piece with the SentencePiece dummy prefix and spaces as "▁". (4.31 keeps
+    /// the whitespace next to <s> and </s>; for counting training words the difference does not matter.)
     static func modelPieces(_ text: String) -> [[Unicode.Scalar]] {
         var pieces: [String] = [text]
         if text.utf8.contains(where: { $0 == UInt8(ascii: "<") || $0 == UInt8(ascii: "[") }) {
