@@ -15,6 +15,8 @@ public struct SynthQuestion: Sendable {
     public var targets: [Int]
     /// The answer with `{seg}` after each target mention (none for text-only answers).
     public var textAnswer: String
+    /// Why the answer is right, in one sentence (ReasonSeg explanatory "outputs"); true by construction.
+    public var explanation: String = ""
 }
 
 public enum SynthQuestions {
@@ -43,6 +45,14 @@ public enum SynthQuestions {
         listJoin(targets.map { "the \(scene.objects[$0].phrase) {seg}" })
     }
 
+    /// "the small red triangle, the blue circle and ..." (no {seg}).
+    static func phrases(_ scene: SynthScene, _ targets: [Int]) -> String {
+        listJoin(targets.map { "the \(scene.objects[$0].phrase)" })
+    }
+
+    /// "a" or "an" for a noun phrase.
+    static func article(_ s: String) -> String { "aeiou".contains(s.first ?? "x") ? "an" : "a" }
+
     /// Groups of objects with a name: (singular phrase, plural phrase, members).
     static func groups(_ scene: SynthScene) -> [(String, String, [Int])] {
         let all = Array(scene.objects.indices)
@@ -64,20 +74,23 @@ public enum SynthQuestions {
         for i in 0..<n {
             guard let d = unique[i] else { continue }
             let q = ["Where is the \(d)?", "Can you segment the \(d) in this image?", "Please find the \(d)."][i % 3]
-            out.append(SynthQuestion(kind: .single, question: q, targets: [i], textAnswer: "The \(d) {seg}."))
+            out.append(SynthQuestion(kind: .single, question: q, targets: [i], textAnswer: "The \(d) {seg}.",
+                                     explanation: "The \(objs[i].phrase) is the only \(d) in the image."))
         }
         // multi-target groups
         for (_, plural, members) in groups(scene) where members.count >= 2 {
             let q = plural == "objects" ? "Segment every object in the image." : "Where are all the \(plural)?"
             out.append(SynthQuestion(kind: .multi, question: q, targets: members,
-                                     textAnswer: capitalised("\(mentions(scene, members)).")))
+                                     textAnswer: capitalised("\(mentions(scene, members))."),
+                                     explanation: "There are \(members.count) \(plural) in the image: \(phrases(scene, members))."))
         }
         if n >= 3 {
             for i in 0..<n {
                 guard let d = unique[i] else { continue }
                 let rest = (0..<n).filter { $0 != i }
                 out.append(SynthQuestion(kind: .multi, question: "Segment all objects except the \(d).", targets: rest,
-                                         textAnswer: capitalised("\(mentions(scene, rest)).")))
+                                         textAnswer: capitalised("\(mentions(scene, rest))."),
+                                         explanation: "Every object other than the \(d) is a target: \(phrases(scene, rest))."))
                 break
             }
         }
@@ -96,45 +109,53 @@ public enum SynthQuestions {
                 if ts.isEmpty { continue }
                 if ts.count == 1 {
                     out.append(SynthQuestion(kind: .relational, question: "Which shape is \(word) the \(d)?", targets: ts,
-                                             textAnswer: "The shape \(word) the \(d) is the \(objs[ts[0]].phrase) {seg}."))
+                                             textAnswer: "The shape \(word) the \(d) is the \(objs[ts[0]].phrase) {seg}.",
+                                             explanation: "Only the \(objs[ts[0]].phrase) lies entirely \(word) the \(d)."))
                 } else {
                     out.append(SynthQuestion(kind: .relational, question: "Which shapes are \(word) the \(d)?", targets: ts,
-                                             textAnswer: "The shapes \(word) the \(d) are \(mentions(scene, ts))."))
+                                             textAnswer: "The shapes \(word) the \(d) are \(mentions(scene, ts)).",
+                                             explanation: "\(capitalised(phrases(scene, ts))) lie entirely \(word) the \(d)."))
                 }
             }
         }
         // superlatives with a clear winner (full shape areas differ by at least 25 %)
-        for (singular, _, members) in groups(scene) where members.count >= 2 {
+        for (singular, plural, members) in groups(scene) where members.count >= 2 {
             let sorted = members.sorted { objs[$0].fullArea > objs[$1].fullArea || (objs[$0].fullArea == objs[$1].fullArea && $0 < $1) }
             if Double(objs[sorted[0]].fullArea) >= 1.25 * Double(objs[sorted[1]].fullArea) {
                 out.append(SynthQuestion(kind: .attribute, question: "Which is the largest \(singular)?", targets: [sorted[0]],
-                                         textAnswer: "The largest \(singular) is the \(objs[sorted[0]].phrase) {seg}."))
+                                         textAnswer: "The largest \(singular) is the \(objs[sorted[0]].phrase) {seg}.",
+                                         explanation: "Of the \(members.count) \(plural), the \(objs[sorted[0]].phrase) covers the largest area."))
             }
             let last = sorted.count - 1
             if Double(objs[sorted[last - 1]].fullArea) >= 1.25 * Double(objs[sorted[last]].fullArea) {
                 out.append(SynthQuestion(kind: .attribute, question: "Which is the smallest \(singular)?", targets: [sorted[last]],
-                                         textAnswer: "The smallest \(singular) is the \(objs[sorted[last]].phrase) {seg}."))
+                                         textAnswer: "The smallest \(singular) is the \(objs[sorted[last]].phrase) {seg}.",
+                                         explanation: "Of the \(members.count) \(plural), the \(objs[sorted[last]].phrase) covers the smallest area."))
             }
         }
         // counting (exact, zero included)
         for (singular, plural, members) in groups(scene) {
             let c = members.count
             let answer = c == 0 ? "There are no \(plural)." : (c == 1 ? "There is 1 \(singular)." : "There are \(c) \(plural).")
-            out.append(SynthQuestion(kind: .counting, question: "How many \(plural) are there in the image?", targets: [], textAnswer: answer))
+            out.append(SynthQuestion(kind: .counting, question: "How many \(plural) are there in the image?", targets: [], textAnswer: answer,
+                                     explanation: c == 0 ? "No object in the image is \(article(singular)) \(singular)."
+                                        : "Counting the \(plural) in the image gives \(c): \(phrases(scene, members))."))
         }
         // other text-only answers: colour of a uniquely named shape, presence
         for s in SynthShape.allCases {
             let members = (0..<n).filter { objs[$0].shape == s }
             if members.count == 1 {
                 out.append(SynthQuestion(kind: .textOnly, question: "What colour is the \(s.name)?", targets: [],
-                                         textAnswer: "The \(s.name) is \(objs[members[0]].color.name)."))
+                                         textAnswer: "The \(s.name) is \(objs[members[0]].color.name).",
+                                         explanation: "The only \(s.name) in the image is the \(objs[members[0]].phrase)."))
             }
         }
         for s in SynthShape.allCases {
             for c in [SynthColor.red, .blue, .green] {
                 let yes = objs.contains { $0.shape == s && $0.color == c }
                 out.append(SynthQuestion(kind: .textOnly, question: "Is there a \(c.name) \(s.name) in the image?", targets: [],
-                                         textAnswer: yes ? "Yes, there is a \(c.name) \(s.name)." : "No, there is no \(c.name) \(s.name)."))
+                                         textAnswer: yes ? "Yes, there is a \(c.name) \(s.name)." : "No, there is no \(c.name) \(s.name).",
+                                         explanation: yes ? "The image contains a \(c.name) \(s.name)." : "No \(s.name) in the image is \(c.name)."))
             }
         }
         return out

@@ -7,6 +7,8 @@
 //   ade20k/synth_classes.json                            the class names (the reference reads utils/ade20k_classes.json)
 //   llava_dataset/llava_instruct_150k.json, coco/train2017/*.jpg   vqa (no masks)
 //   reason_seg/ReasonSeg/{train,val}/*.jpg + *.json      reason_seg (labelme-style polygons)
+//   reason_seg/ReasonSeg/explanatory/train.json          reason_seg explanations ({image, query, outputs})
+//   tokenizer/                                           a LLaMA-style BPE tokenizer for the data (SynthTokenizer)
 // JSON is written by a small deterministic emitter; every file is written atomically.
 import Foundation
 import PixelTensor
@@ -115,8 +117,11 @@ public struct SynthConfig: Sendable {
     public var val = 5
     public var test = 5
     public var size = 224
-    public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224) {
-        self.seed = seed; self.train = train; self.val = val; self.test = test; self.size = size
+    /// len(tokenizer) of tokenizer/ (configs/synth-small: 4096); 0 writes no tokenizer.
+    public var vocabSize = SynthTokenizer.defaultVocabSize
+    public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224,
+                vocabSize: Int = SynthTokenizer.defaultVocabSize) {
+        self.seed = seed; self.train = train; self.val = val; self.test = test; self.size = size; self.vocabSize = vocabSize
     }
 }
 
@@ -131,12 +136,14 @@ public struct SynthSummary: Sendable, CustomStringConvertible {
     public var semSeg = 0
     public var vqa = 0
     public var reasonSeg = 0
+    public var explanations = 0
+    public var tokenizer: String = "none"
     public var kinds: [String: Int] = [:]
     public var description: String {
         let splits = ["train", "val", "test_less", "test_many"].map { "\($0) \(images[$0] ?? 0)" }.joined(separator: ", ")
         let k = SynthQuestionKind.allCases.map { "\($0.rawValue) \(kinds[$0.rawValue] ?? 0)" }.joined(separator: ", ")
         return "synth: images \(splits); MUSE questions \(questions) (\(k)), targets \(targets); objects \(objects) "
-            + "(\(polygons) polygon, \(rles) RLE masks); refcoco refs \(refs); ade20k \(semSeg); vqa \(vqa); reason_seg \(reasonSeg)"
+            + "(\(polygons) polygon, \(rles) RLE masks); refcoco refs \(refs); ade20k \(semSeg); vqa \(vqa); reason_seg \(reasonSeg) (\(explanations) explained); tokenizer \(tokenizer)"
     }
 }
 
@@ -194,14 +201,21 @@ public struct SynthGenerator {
     public func run() throws -> SynthSummary {
         guard config.size >= 32 && config.size <= 4096 else { throw SynthError.bad("--size must be in 32...4096, got \(config.size)") }
         guard config.train >= 0, config.val >= 0, config.test >= 0 else { throw SynthError.bad("image counts must be >= 0") }
+        guard config.vocabSize >= 0 else { throw SynthError.bad("vocab size must be >= 0, got \(config.vocabSize)") }
+        // trained first so a bad vocab size fails before anything is written; the same tokenizer for every
+        // tree of this vocabulary size (its corpus is a fixed sample of scenes)
+        let tokenizer = config.vocabSize > 0 ? try SynthTokenizer.train(vocabSize: config.vocabSize) : nil
         let coco = "refer_seg/images/mscoco/images"
         for d in ["\(coco)/train2014", "\(coco)/val2017", "refer_seg/refcoco", "ade20k/images/training", "ade20k/images/validation",
                   "ade20k/annotations/training", "ade20k/annotations/validation", "llava_dataset", "coco/train2017",
-                  "reason_seg/ReasonSeg/train", "reason_seg/ReasonSeg/val"] { try mkdir(d) }
+                  "reason_seg/ReasonSeg/train", "reason_seg/ReasonSeg/val", "reason_seg/ReasonSeg/explanatory"] { try mkdir(d) }
         var summary = SynthSummary()
         var annID = 1, refID = 1, sentID = 1, imageID = 1
         var referImages: [SynthJSON] = [], referAnns: [SynthJSON] = [], refs: [SynthJSON] = []
         var vqa: [SynthJSON] = []
+        var explanatory: [SynthJSON] = []
+        // the REFER split of each MUSE split: refcoco (unc) has train / val / testA / testB
+        let referSplit = ["train": "train", "val": "val", "test_less": "testA", "test_many": "testB"]
         let counts = ["train": config.train, "val": config.val, "test_less": config.test, "test_many": config.test]
         for split in Self.splits {
             var records: [SynthJSON] = []
@@ -218,7 +232,8 @@ public struct SynthGenerator {
                 } else {
                     try scene.image.writePNG(out + "/\(coco)/val2017/\(stem).png")
                     record.append(("coco_url", .string("http://images.cocodataset.org/val2017/\(stem).png")))
-                    if split == "val" { try scene.image.writeJPEG(out + "/\(coco)/train2014/\(stem).jpg") }
+                    // refer_seg reads every REFER image from train2014
+                    try scene.image.writeJPEG(out + "/\(coco)/train2014/\(stem).jpg")
                 }
                 record.append(("id", .int(imageID)))
                 record.append(("height", .int(h)))
@@ -236,7 +251,7 @@ public struct SynthGenerator {
                     ])
                     anns.append(ann)
                     annIDs.append(annID)
-                    if split == "train" || split == "val" {
+                    if let refSplit = referSplit[split] {
                         referAnns.append(ann)
                         if let d = SynthQuestions.uniqueDescription(scene, k) {
                             var sents: [SynthJSON] = []
@@ -250,7 +265,7 @@ public struct SynthGenerator {
                             }
                             refs.append(.object([
                                 ("sent_ids", .array(ids)), ("file_name", .string("\(stem).jpg")), ("ann_id", .int(annID)),
-                                ("ref_id", .int(refID)), ("image_id", .int(imageID)), ("split", .string(split)),
+                                ("ref_id", .int(refID)), ("image_id", .int(imageID)), ("split", .string(refSplit)),
                                 ("sentences", .array(sents)), ("category_id", .int(o.shape.categoryID)),
                             ]))
                             refID += 1
@@ -259,7 +274,7 @@ public struct SynthGenerator {
                     }
                     annID += 1
                 }
-                if split == "train" || split == "val" {
+                if referSplit[split] != nil {
                     referImages.append(.object([("id", .int(imageID)), ("file_name", .string("\(stem).jpg")),
                                                 ("height", .int(h)), ("width", .int(w))]))
                 }
@@ -297,6 +312,12 @@ public struct SynthGenerator {
                                                     ("shapes", .array(shapes)), ("imageHeight", .int(h)), ("imageWidth", .int(w))])
                         try write(j.text + "\n", "reason_seg/ReasonSeg/\(split)/\(stem).json")
                         summary.reasonSeg += 1
+                        if split == "train" {
+                            // explanatory/train.json: the reference reads image, query and outputs
+                            explanatory.append(.object([("image", .string("\(stem).jpg")), ("query", .string(q.question)),
+                                                        ("outputs", .string(q.explanation)), ("json", .string("\(stem).json"))]))
+                            summary.explanations += 1
+                        }
                     }
                 }
                 if split == "train" {
@@ -331,6 +352,11 @@ public struct SynthGenerator {
         // class names: index k - 1 for label k (the ade20k loader shifts labels by one, 0 -> 255 ignored)
         try write(SynthJSON.array(SynthShape.allCases.map { .string($0.name) }).text + "\n", "ade20k/synth_classes.json")
         try write(SynthJSON.array(vqa).text + "\n", "llava_dataset/llava_instruct_150k.json")
+        try write(SynthJSON.array(explanatory).text + "\n", "reason_seg/ReasonSeg/explanatory/train.json")
+        if let tok = tokenizer {
+            try tok.write(to: out + "/tokenizer")
+            summary.tokenizer = "\(tok.vocabSize) ids (\(tok.mergedPieces) merged, \(tok.characterPieces) characters, \(tok.paddingPieces) unused)"
+        }
         return summary
     }
 }

@@ -14,15 +14,25 @@ struct Synth: ParsableCommand {
     @Option(help: "Validation images.") var val: Int = 5
     @Option(help: "Images in each of test_less and test_many.") var test: Int = 5
     @Option(help: "Image width in pixels (height is the same or 3/4 of it).") var size: Int = 224
+    @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 4096); 0 for none.")
+    var vocabSize: Int = 4096
+    @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
+    var tokenizerCorpus: String?
 
     func validate() throws {
         if train < 0 || val < 0 || test < 0 { throw ValidationError("--train, --val and --test must be >= 0") }
         if size < 32 || size > 4096 { throw ValidationError("--size must be in 32...4096") }
+        if vocabSize < 0 { throw ValidationError("--vocab-size must be >= 0") }
     }
 
     func run() throws {
-        let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size), out: out)
+        let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")
+        if let path = tokenizerCorpus {
+            var seen = Set<String>()
+            let texts = SynthTokenizer.corpus().filter { seen.insert($0).inserted }
+            try Data(SynthJSON.array(texts.map { .string($0) }).text.utf8).write(to: URL(fileURLWithPath: path))
+        }
     }
 }

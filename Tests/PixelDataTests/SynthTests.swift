@@ -108,6 +108,21 @@ final class SynthTests: XCTestCase {
         let pickle = try Image.readFile(dir + "/refer_seg/refcoco/refs(unc).p")
         XCTAssertEqual(Array(pickle.prefix(3)), [0x80, 2, UInt8(ascii: "]")])
         XCTAssertEqual(pickle.last, UInt8(ascii: "."))
+        // refcoco (unc) splits: train / val / testA (test_less images) / testB (test_many images)
+        for split in ["train", "val", "testA", "testB"] {
+            XCTAssertNotNil(pickle.firstRange(of: [UInt8(ascii: "X"), UInt8(split.utf8.count), 0, 0, 0] + Array(split.utf8)), split)
+        }
+        let instances = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/refer_seg/refcoco/instances.json"))) as! [String: Any]
+        XCTAssertEqual((instances["images"] as! [Any]).count, 6 + 2 + 4 + 4)
+        // ReasonSeg explanations: the keys the reference reads, for train images that exist
+        let expl = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/reason_seg/ReasonSeg/explanatory/train.json"))) as! [[String: String]]
+        XCTAssertFalse(expl.isEmpty)
+        XCTAssertEqual(expl.count, summary.explanations)
+        for e in expl {
+            XCTAssert(FileManager.default.fileExists(atPath: dir + "/reason_seg/ReasonSeg/train/" + e["image"]!), e["image"]!)
+            XCTAssertFalse(e["query"]!.isEmpty)
+            XCTAssertFalse(e["outputs"]!.isEmpty)
+        }
         let vqa = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/llava_dataset/llava_instruct_150k.json"))) as! [Any]
         XCTAssertEqual(vqa.count, 6)
     }
@@ -120,10 +135,14 @@ final class SynthTests: XCTestCase {
                 case .single:
                     // the description matches exactly one object
                     XCTAssertEqual(q.targets.count, 1)
+                    XCTAssert(q.explanation.hasPrefix("The \(scene.objects[q.targets[0]].phrase) is the only "), q.explanation)
                 case .relational:
                     XCTAssertFalse(q.targets.isEmpty)
+                    // the explanation names every target
+                    for t in q.targets { XCTAssert(q.explanation.contains(scene.objects[t].phrase), q.explanation) }
                 case .counting:
                     XCTAssert(q.targets.isEmpty)
+                    XCTAssert(q.explanation.contains(q.textAnswer.contains(" no ") ? "No object" : "Counting"), q.explanation)
                 default: break
                 }
             }
