@@ -18,7 +18,7 @@ public struct SynthTokenizer: Sendable {
     public static let specialTokens = ["<unk>", "<s>", "</s>"]
     /// Added after the base vocabulary, in the released PixelLM order.
     public static let addedTokens = ["<im_patch>", "<im_start>", "<im_end>"] + (0..<6).map { "[SEG\($0)]" }
-    public static let defaultVocabSize = 4096
+    public static let defaultVocabSize = 1024
     /// Scenes per split of the training sample.
     public static let corpusScenesPerSplit = 40
 

@@ -117,7 +117,7 @@ public struct SynthConfig: Sendable {
     public var val = 5
     public var test = 5
     public var size = 224
-    /// len(tokenizer) of tokenizer/ (configs/synth-small: 4096); 0 writes no tokenizer.
+    /// len(tokenizer) of tokenizer/ (configs/synth-small: 1024); 0 writes no tokenizer.
     public var vocabSize = SynthTokenizer.defaultVocabSize
     public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224,
                 vocabSize: Int = SynthTokenizer.defaultVocabSize) {

@@ -14,8 +14,8 @@ struct Synth: ParsableCommand {
     @Option(help: "Validation images.") var val: Int = 5
     @Option(help: "Images in each of test_less and test_many.") var test: Int = 5
     @Option(help: "Image width in pixels (height is the same or 3/4 of it).") var size: Int = 224
-    @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 4096); 0 for none.")
-    var vocabSize: Int = 4096
+    @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 1024); 0 for none.")
+    var vocabSize: Int = SynthTokenizer.defaultVocabSize
     @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
     var tokenizerCorpus: String?
 
