@@ -70,7 +70,26 @@ struct Inspect: ParsableCommand {
             "conversations": convs,
             "tokenizer": r.manifest.options.tokenizerPath,
         ]
-        let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-        try data.write(to: URL(fileURLWithPath: p("sample.json")), options: .atomic)
+        try Data((render(json) + "\n").utf8).write(to: URL(fileURLWithPath: p("sample.json")), options: .atomic)
+    }
+
+    /// Indented JSON with sorted keys; arrays of numbers and booleans stay on one line (token ids, label masks).
+    static func render(_ v: Any, _ indent: String = "") -> String {
+        func scalar(_ x: Any) -> String {
+            let d = try! JSONSerialization.data(withJSONObject: [x], options: [.withoutEscapingSlashes, .fragmentsAllowed])
+            return String(String(decoding: d, as: UTF8.self).dropFirst().dropLast())
+        }
+        let inner = indent + "  "
+        if let d = v as? [String: Any] {
+            if d.isEmpty { return "{}" }
+            return "{\n" + d.keys.sorted().map { inner + scalar($0) + ": " + render(d[$0]!, inner) }.joined(separator: ",\n") + "\n" + indent + "}"
+        }
+        if let a = v as? [Any] {
+            if a.allSatisfy({ !($0 is [Any]) && !($0 is [String: Any]) && !($0 is String) }) {
+                return "[" + a.map(scalar).joined(separator: ", ") + "]"
+            }
+            return "[\n" + a.map { inner + render($0, inner) }.joined(separator: ",\n") + "\n" + indent + "]"
+        }
+        return scalar(v)
     }
 }

@@ -166,6 +166,11 @@ final class ShardTests: XCTestCase {
         }
         // out of range names the total
         XCTAssertThrowsError(try r.meta(9)) { XCTAssertTrue("\($0)".contains("9 samples"), "\($0)") }
+        // PIXELLM_SHARDTESTS_KEEP=DIR keeps these shards and their images (for tools/fixtures/check_shards.py, pixellm inspect)
+        if let keep = ProcessInfo.processInfo.environment["PIXELLM_SHARDTESTS_KEEP"] {
+            try? FileManager.default.removeItem(atPath: keep)
+            try FileManager.default.copyItem(atPath: tmp, toPath: keep)
+        }
     }
 
     func testClipTensorAt448MatchesPreprocess() throws {
