@@ -13,6 +13,8 @@ final class FakeReader: DatasetReader {
     let count: Int
     let dir: String
     var indexSkips = SkipLog()
+    /// An item whose sample() throws a DatasetError (the whole dataset is unreadable).
+    var datasetErrorAt: Int?
 
     init(dir: String, subset: String = "fake", dataset: String = "refer_seg", count: Int = 10) throws {
         self.dir = dir
@@ -41,6 +43,7 @@ final class FakeReader: DatasetReader {
     }
 
     func sample(_ i: Int, seed: UInt64) throws -> DataSample {
+        if i == datasetErrorAt { throw DatasetError(file: "\(dir)/index.json", "truncated") }
         if i == 5 { throw SampleSkip(file: "\(dir)/ann.json", "RLE counts do not sum to h x w: 1199 != 1200 (entry 5)") }
         let (h, w) = size(i)
         let g = SegText.defaultGroup
@@ -339,6 +342,40 @@ final class ShardTests: XCTestCase {
         XCTAssertThrowsError(try DatasetRegistry.readers(datasetDir: tmp, dataset: "refer_seg", referSegData: "refcoco",
                                                          options: ReaderOptions(), strict: true, warn: { _ in })) { e in
             XCTAssertEqual((e as? DatasetError)?.file, self.tmp + "/refer_seg/refcoco")
+        }
+    }
+
+    func testDatasetErrorsAndIndexSkipsAndDamagedShards() throws {
+        // a DatasetError stops the run
+        let fr = try FakeReader(dir: tmp + "/images", subset: "broken", count: 4)
+        fr.datasetErrorAt = 2
+        let j = PrepareJob(readers: [fr], tokenizer: ShardTests.tokenizer, options: options(), outDir: tmp + "/de", datasetDir: tmp)
+        j.log = { _ in }
+        XCTAssertThrowsError(try j.run()) { XCTAssertEqual(($0 as? DatasetError)?.file, self.tmp + "/images/index.json") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/de/shard-00000.h5"))
+        // index skips: logged with index -1 and counted; an error with --strict
+        let ir = try FakeReader(dir: tmp + "/images", subset: "idx", count: 3)
+        ir.indexSkips.record(SampleSkip(file: tmp + "/muse.json", "seg count mismatch: 2 {seg} for 3 answers (entry 9)"))
+        let j2 = PrepareJob(readers: [ir], tokenizer: ShardTests.tokenizer, options: options(), outDir: tmp + "/ix", datasetDir: tmp)
+        j2.log = { _ in }
+        let m = try XCTUnwrap(try j2.run().manifest)
+        XCTAssertEqual(m.totalSkipped, 1)
+        XCTAssertEqual(m.subsets[0].indexSkipped, 1)
+        XCTAssertEqual(m.skipsByReason["seg count mismatch"], 1)
+        let log = try String(contentsOfFile: tmp + "/ix/skipped.log", encoding: .utf8)
+        XCTAssertEqual(log, tmp + "/muse.json\tseg count mismatch: 2 {seg} for 3 answers (entry 9)\tidx\t-1\n")
+        let j3 = PrepareJob(readers: [ir], tokenizer: ShardTests.tokenizer, options: options(), outDir: tmp + "/ix3", datasetDir: tmp,
+                            strict: true)
+        XCTAssertThrowsError(try j3.run()) { XCTAssertEqual(($0 as? ShardError)?.file, self.tmp + "/muse.json") }
+        // a file that is not a shard, and a missing shard, are errors naming the file
+        try TensorFile.write(["x": Tensor.zeros([2])], to: tmp + "/other.h5")
+        XCTAssertThrowsError(try ShardFile(path: tmp + "/other.h5")) { e in
+            XCTAssertEqual((e as? ShardError)?.file, self.tmp + "/other.h5")
+            XCTAssertTrue("\(e)".contains("not a pixellm shard"), "\(e)")
+        }
+        try FileManager.default.removeItem(atPath: tmp + "/ix/shard-00000.h5")
+        XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
+            XCTAssertEqual((e as? ShardError)?.file, self.tmp + "/ix/shard-00000.h5")
         }
     }
 }
