@@ -19,6 +19,8 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
     public var limit: Int?
     /// The dataset selection as given (`--dataset` and the per-kind lists), for the record.
     public var datasetSpec = ""
+    /// The dataset directory (absolute): shards of another tree are not reused.
+    public var datasetDir = ""
     public var tokenizerPath = ""
     /// FNV-1a 64 of the tokenizer files (see `tokenizerFingerprint`).
     public var tokenizerHash = ""
@@ -34,7 +36,7 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", shardSize = "shard_size", seed, modelMaxLength = "model_max_length", limit
-        case datasetSpec = "dataset_spec", tokenizerPath = "tokenizer_path", tokenizerHash = "tokenizer_hash"
+        case datasetSpec = "dataset_spec", datasetDir = "dataset_dir", tokenizerPath = "tokenizer_path", tokenizerHash = "tokenizer_hash"
         case useMMStartEnd = "use_mm_start_end", numClassesPerSample = "num_classes_per_sample"
         case numClassesPerQuestion = "num_classes_per_question", useExpandQuestionList = "use_expand_question_list"
         case segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num", explanatory

@@ -55,6 +55,9 @@ struct Prepare: ParsableCommand {
             Foundation.exit(1)
         }
         do {
+            // absolute, so that readers that prefix their image paths with the dataset directory give paths that
+            // do not depend on the working directory (a relative image path is taken relative to this directory)
+            let datasetDir = URL(fileURLWithPath: self.datasetDir).standardizedFileURL.path
             let tokDir: String
             if let t = tokenizer { tokDir = t } else {
                 let d = (datasetDir as NSString).appendingPathComponent("tokenizer")
@@ -71,6 +74,7 @@ struct Prepare: ParsableCommand {
             opts.seed = seed
             opts.modelMaxLength = modelMaxLength
             opts.limit = limit
+            opts.datasetDir = datasetDir
             opts.tokenizerPath = tokDir
             opts.tokenizerHash = try PrepareOptions.tokenizerFingerprint(directory: tokDir)
             opts.numClassesPerSample = numClassesPerSample
