@@ -1,0 +1,141 @@
+// The reference's dataset options (train_ds.py: --dataset, --sem_seg_data, --refer_seg_data, --vqa_data,
+// --multi_reason_seg_data, --reason_seg_data) mapped to dataset readers, in the order the options list them.
+import Foundation
+
+public enum DatasetRegistry {
+    /// The top-level dataset kinds of `--dataset` ("||"-separated).
+    public static let kinds = ["sem_seg", "refer_seg", "vqa", "multi_reason_seg", "reason_seg"]
+    public static let semSegNames = ["ade20k", "cocostuff", "pascal_part", "paco_lvis", "mapillary"]
+    public static let referSegNames = ["refclef", "refcoco", "refcoco+", "refcocog"]
+    public static let museSplits = ["train", "val", "test_less", "test_many"]
+    public static let reasonSegSplits = ["train", "val", "test"]
+
+    /// Defaults of the reference (README command) for each option.
+    public static let defaultSemSegData = "ade20k||cocostuff||pascal_part||paco_lvis||mapillary"
+    public static let defaultReferSegData = "refclef||refcoco||refcoco+||refcocog"
+    public static let defaultVQAData = "llava_instruct_150k"
+    public static let defaultMultiReasonSegData = "train"
+    public static let defaultReasonSegData = "ReasonSeg|train"
+
+    /// One sub-dataset to read.
+    public struct Entry: Equatable, Sendable {
+        /// "sem_seg", "refer_seg", "vqa", "multi_reason_seg" or "reason_seg".
+        public var kind: String
+        /// ade20k / refcoco / llava_instruct_150k / MUSE split / ReasonSeg split.
+        public var name: String
+        /// refer_seg: "train"; multi_reason_seg and reason_seg: the split; otherwise "".
+        public var split: String
+        /// The file or directory the reader needs (relative to the dataset directory).
+        public var requiredPath: String
+    }
+
+    static func split(_ s: String, _ sep: String) -> [String] {
+        s.components(separatedBy: sep).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    static func check(_ names: [String], valid: [String], option: String) throws {
+        for n in names where !valid.contains(n) {
+            throw DatasetError(file: option, "unknown name \"\(n)\"; valid: \(valid.joined(separator: ", "))")
+        }
+    }
+
+    /// Parses and validates the options into the list of sub-datasets (no file access).
+    public static func entries(dataset: String, semSegData: String = defaultSemSegData, referSegData: String = defaultReferSegData,
+                               vqaData: String = defaultVQAData, multiReasonSegData: String = defaultMultiReasonSegData,
+                               reasonSegData: String = defaultReasonSegData) throws -> [Entry] {
+        let ks = split(dataset, "||")
+        if ks.isEmpty { throw DatasetError(file: "--dataset", "empty; valid kinds: \(kinds.joined(separator: ", "))") }
+        try check(ks, valid: kinds, option: "--dataset")
+        var out: [Entry] = []
+        for k in ks {
+            switch k {
+            case "sem_seg":
+                let names = split(semSegData, "||")
+                try check(names, valid: semSegNames, option: "--sem-seg-data")
+                for n in names {
+                    let dir: String
+                    switch n {
+                    case "pascal_part": dir = "vlpart/pascal_part"
+                    case "paco_lvis": dir = "vlpart/paco"
+                    default: dir = n
+                    }
+                    out.append(Entry(kind: k, name: n, split: "", requiredPath: dir))
+                }
+            case "refer_seg":
+                let names = split(referSegData, "||")
+                try check(names, valid: referSegNames, option: "--refer-seg-data")
+                for n in names { out.append(Entry(kind: k, name: n, split: "train", requiredPath: "refer_seg/\(n)")) }
+            case "vqa":
+                let names = split(vqaData, "||")
+                if names.isEmpty { throw DatasetError(file: "--vqa-data", "empty; e.g. \(defaultVQAData)") }
+                for n in names {
+                    if n.contains("/") { throw DatasetError(file: "--vqa-data", "\"\(n)\": give the json name under llava_dataset/, without a directory") }
+                    let file = n.hasSuffix(".json") ? String(n.dropLast(5)) : n
+                    out.append(Entry(kind: k, name: file, split: "", requiredPath: "llava_dataset/\(file).json"))
+                }
+            case "multi_reason_seg":
+                let splits = split(multiReasonSegData, "||")
+                if splits.isEmpty { throw DatasetError(file: "--multi-reason-seg-data", "empty; valid: \(museSplits.joined(separator: ", "))") }
+                try check(splits, valid: museSplits, option: "--multi-reason-seg-data")
+                for s in splits { out.append(Entry(kind: k, name: "muse_\(s)", split: s, requiredPath: "muse_\(s).json")) }
+            default:  // reason_seg: "ReasonSeg|train" or "ReasonSeg|train_val" (the reference splits the splits on "_")
+                let parts = reasonSegData.components(separatedBy: "|")
+                guard parts.count == 2, parts[0] == "ReasonSeg" else {
+                    throw DatasetError(file: "--reason-seg-data", "\"\(reasonSegData)\": expected ReasonSeg|<split>[_<split>...], e.g. \(defaultReasonSegData)")
+                }
+                let splits = split(parts[1], "_")
+                if splits.isEmpty { throw DatasetError(file: "--reason-seg-data", "no split; valid: \(reasonSegSplits.joined(separator: ", "))") }
+                try check(splits, valid: reasonSegSplits, option: "--reason-seg-data")
+                for s in splits { out.append(Entry(kind: k, name: "ReasonSeg/\(s)", split: s, requiredPath: "reason_seg/ReasonSeg/\(s)")) }
+            }
+        }
+        return out
+    }
+
+    /// The readers of the selection, in option order. A sub-dataset whose directory or file is missing is left
+    /// out with a warning, or is an error with `strict`.
+    public static func readers(datasetDir: String, dataset: String, semSegData: String = defaultSemSegData,
+                               referSegData: String = defaultReferSegData, vqaData: String = defaultVQAData,
+                               multiReasonSegData: String = defaultMultiReasonSegData, reasonSegData: String = defaultReasonSegData,
+                               options: ReaderOptions, strict: Bool = false,
+                               warn: (String) -> Void = { FileHandle.standardError.write(Data(("warning: " + $0 + "\n").utf8)) })
+        throws -> [any DatasetReader]
+    {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: datasetDir, isDirectory: &isDir), isDir.boolValue else {
+            throw DatasetError(file: datasetDir, "dataset directory does not exist")
+        }
+        let es = try entries(dataset: dataset, semSegData: semSegData, referSegData: referSegData, vqaData: vqaData,
+                             multiReasonSegData: multiReasonSegData, reasonSegData: reasonSegData)
+        var out: [any DatasetReader] = []
+        for e in es {
+            let p = (datasetDir as NSString).appendingPathComponent(e.requiredPath)
+            guard FileManager.default.fileExists(atPath: p) else {
+                if strict { throw DatasetError(file: p, "\(e.kind) \(e.name): missing (--strict)") }
+                warn("\(e.kind) \(e.name): \(p) does not exist; skipping this sub-dataset")
+                continue
+            }
+            out.append(try makeReader(e, datasetDir: datasetDir, options: options))
+        }
+        if out.isEmpty { throw DatasetError(file: datasetDir, "none of the selected sub-datasets exists (\(es.map(\.name).joined(separator: ", ")))") }
+        return out
+    }
+
+    /// The reader of one sub-dataset.
+    public static func makeReader(_ e: Entry, datasetDir: String, options: ReaderOptions) throws -> any DatasetReader {
+        switch e.kind {
+        case "multi_reason_seg":
+            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try MUSEReader(datasetDir: datasetDir, split: e.split, options: options)
+        case "reason_seg":
+            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try ReasonSegReader(datasetDir: datasetDir, split: e.split, options: options)
+        case "vqa":
+            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try VQAReader(datasetDir: datasetDir, file: e.name, options: options)
+        case "refer_seg":
+            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try ReferSegReader(datasetDir: datasetDir, name: e.name, split: e.split, options: options)
+        case "sem_seg":
+            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try SemSegReader(datasetDir: datasetDir, name: e.name, options: options)
+        default:
+            throw DatasetError(file: "--dataset", "unknown kind \"\(e.kind)\"; valid: \(kinds.joined(separator: ", "))")
+        }
+    }
+}
