@@ -125,15 +125,15 @@ public enum DatasetRegistry {
     public static func makeReader(_ e: Entry, datasetDir: String, options: ReaderOptions) throws -> any DatasetReader {
         switch e.kind {
         case "multi_reason_seg":
-            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try MUSEReader(datasetDir: datasetDir, split: e.split, options: options)
+            return try MUSEReader(datasetDir: datasetDir, split: e.split, options: options)
         case "reason_seg":
-            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try ReasonSegReader(datasetDir: datasetDir, split: e.split, options: options)
+            return try ReasonSegReader(datasetDir: datasetDir, split: e.split, options: options)
         case "vqa":
-            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try VQAReader(datasetDir: datasetDir, file: e.name, options: options)
+            return try VQAReader(datasetDir: datasetDir, file: e.name, options: options)
         case "refer_seg":
-            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try ReferSegReader(datasetDir: datasetDir, name: e.name, split: e.split, options: options)
+            return try ReferSegReader(datasetDir: datasetDir, name: e.name, split: e.split, options: options)
         case "sem_seg":
-            throw DatasetError(file: e.requiredPath, "reader not merged yet")  // WIRED AT MERGE: return try SemSegReader(datasetDir: datasetDir, name: e.name, options: options)
+            return try SemSegReader(datasetDir: datasetDir, name: e.name, options: options)
         default:
             throw DatasetError(file: "--dataset", "unknown kind \"\(e.kind)\"; valid: \(kinds.joined(separator: ", "))")
         }
