@@ -40,6 +40,17 @@ check "doctor under mpirun -np 2 reports rank/size" bash -c \
 check "tokenize: SEG tokens keep distinct ids, decode round-trips" bash -c \
   "'$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --text 'It is [SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5].' | grep -q '1503, 1504, 1505, 1506, 1507, 1508' && \
    '$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --decode --skip-special --text \"\$('$PIXELLM' tokenize --tokenizer Tests/PixelTextTests/Fixtures/llava-sp --text 'a red square')\" | grep -qx '\"a red square\"'"
+prep_equal() {  # prepare under mpirun -np 2 writes the same shards and manifest as one rank
+  local d; d=$(mktemp -d)
+  "$PIXELLM" synth --out "$d/data" --train 12 --val 2 --test 2 --size 64 >/dev/null &&
+  "$PIXELLM" prepare --dataset-dir "$d/data" --out "$d/one" --image-size 64 --shard-size 8 >/dev/null 2>&1 &&
+  mpirun $MPIRUN_FLAGS -np 2 "$PIXELLM" prepare --dataset-dir "$d/data" --out "$d/two" --image-size 64 --shard-size 8 >/dev/null 2>&1 &&
+  [ "$(ls "$d/one"/shard-*.h5 | wc -l)" -ge 4 ] &&
+  for f in "$d/one"/shard-*.h5; do cmp -s "$f" "$d/two/$(basename "$f")" || { echo "differs: $f"; rm -rf "$d"; return 1; }; done &&
+  diff <(sed "s#$d/one#X#" "$d/one/index.json") <(sed "s#$d/two#X#" "$d/two/index.json") >/dev/null
+  local rc=$?; rm -rf "$d"; return $rc
+}
+check "prepare under mpirun -np 2 writes the same shards as one rank" prep_equal
 check "demo: the autograd core learns" bash -c "'$PIXELLM' demo --steps 200 >/dev/null"
 
 echo "tests: $passed passed, $failed failed"

@@ -21,7 +21,9 @@ final class CLITests: XCTestCase {
 
     struct Run { var status: Int32; var out: String; var err: String; var signalled: Bool }
 
-    func run(_ args: [String], stdin: String? = nil) throws -> Run {
+    func run(_ args: [String], stdin: String? = nil) throws -> Run { try Self.runBinary(args, stdin: stdin) }
+
+    static func runBinary(_ args: [String], stdin: String? = nil) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = args

@@ -1,0 +1,111 @@
+import Foundation
+import XCTest
+import PixelData
+import PixelTensor
+
+/// `pixellm synth` -> `pixellm prepare` -> `pixellm inspect`, as the README runs them, with the built binary.
+final class DataCLITests: XCTestCase {
+    func run(_ args: [String]) throws -> CLITests.Run { try CLITests.runBinary(args) }
+
+    static let kinds = "sem_seg||refer_seg||vqa||multi_reason_seg||reason_seg"
+
+    func prepare(_ data: String, _ out: String, extra: [String] = []) throws -> CLITests.Run {
+        try run(["prepare", "--dataset-dir", data, "--dataset", Self.kinds, "--out", out, "--image-size", "64",
+                 "--shard-size", "16"] + extra)
+    }
+
+    func testSynthPrepareInspect() throws {
+        let root = CLITests.temp("data")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let data = root + "/data", shards = root + "/shards"
+        let s = try run(["synth", "--out", data, "--train", "8", "--val", "2", "--test", "2", "--size", "64"])
+        XCTAssertEqual(s.status, 0, s.err)
+
+        let p = try prepare(data, shards)
+        XCTAssertEqual(p.status, 0, p.err + p.out)
+        let all = p.out + p.err
+        // 8 images for each of ade20k, refcoco (train refs), llava and muse_train; ReasonSeg/train has the train
+        // images with a question it can use (7 of 8 with this seed).
+        let reader = try ShardReader(directory: shards)
+        XCTAssert(all.contains("samples: \(reader.count) of \(reader.count) items; skipped: 0"), all)
+        XCTAssert((37...40).contains(reader.count), "\(reader.count)")
+        let manifest = try ShardManifest.load(shards)
+        XCTAssertGreaterThan(manifest.shards.count, 1)
+
+        // Every sample: one mask per SEG group, masks at the original size, ids hold the image sentinel once.
+        var masks = 0
+        for i in 0..<reader.count {
+            let meta = try reader.meta(i)
+            let rles = try reader.masks(i)
+            let (ids, labels) = try reader.tokens(i)
+            let groups = ids.reduce(0) { $0 + $1.filter { $0 == 1018 }.count }  // [SEG0] in the synth tokenizer
+            XCTAssertEqual(groups, rles.count, "sample \(i) (\(meta.source))")
+            let (h, w) = try reader.originalSize(i)
+            XCTAssert(rles.allSatisfy { $0.height == h && $0.width == w }, "sample \(i)")
+            for (a, b) in zip(ids, labels) {
+                XCTAssertEqual(a.filter { $0 == -200 }.count, 1)
+                XCTAssertEqual(a.count, b.count)
+                XCTAssert(b.contains { $0 != -100 }, "sample \(i): nothing supervised")
+            }
+            masks += rles.count
+        }
+        XCTAssertGreaterThan(masks, reader.count)
+
+        // inspect: the files and the JSON describe sample 0's masks exactly.
+        let out = root + "/inspect"
+        let r = try run(["inspect", "--shards", shards, "--index", "3", "--out", out])
+        XCTAssertEqual(r.status, 0, r.err)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/sample.json"))) as? [String: Any])
+        let targets = try XCTUnwrap(json["targets"] as? [[String: Any]])
+        let rles = try reader.masks(3)
+        XCTAssertEqual(targets.count, rles.count)
+        for (k, rle) in rles.enumerated() {
+            let png = try GrayImage.load(out + "/mask_\(k).png")
+            XCTAssertEqual([png.height, png.width], [rle.height, rle.width])
+            XCTAssertEqual(png.pixels, rle.decode().data.map { $0 != 0 ? 255 : 0 }, "mask_\(k).png")
+        }
+        let image = try Image.load(out + "/image.png")
+        XCTAssertEqual([image.height, image.width], [64, 64])
+        let convs = try XCTUnwrap(json["conversations"] as? [[String: Any]])
+        XCTAssertEqual(convs.count, try reader.tokens(3).inputIds.count)
+
+        // A second run keeps every shard; an index past the end is a named error.
+        let again = try prepare(data, shards)
+        XCTAssertEqual(again.status, 0, again.err)
+        XCTAssert((again.out + again.err).contains("packed 0"), again.out + again.err)
+        let bad = try run(["inspect", "--shards", shards, "--index", "\(reader.count)", "--out", out])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssert(bad.err.contains("\(reader.count)"), bad.err)
+    }
+
+    /// A bad sample is skipped, counted and logged with its file; `--strict` makes it an error naming the file.
+    func testBadSamplesAreSkippedAndCounted() throws {
+        let root = CLITests.temp("bad")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let data = root + "/data"
+        let s = try run(["synth", "--out", data, "--train", "4", "--val", "1", "--test", "1", "--size", "64"])
+        XCTAssertEqual(s.status, 0, s.err)
+        // Damage one MUSE/refcoco image (train2014 JPEG) and drop one llava image.
+        let jpegDir = data + "/refer_seg/images/mscoco/images/train2014"
+        let jpegs = try FileManager.default.contentsOfDirectory(atPath: jpegDir).filter { $0.hasPrefix("synth_train") }.sorted()
+        let victim = jpegDir + "/" + jpegs[0]
+        try Data([0xFF, 0xD8, 0xFF, 0xE0, 0, 16]).write(to: URL(fileURLWithPath: victim))
+        let llava = data + "/coco/train2017"
+        let gone = try FileManager.default.contentsOfDirectory(atPath: llava).sorted()[0]
+        try FileManager.default.removeItem(atPath: llava + "/" + gone)
+
+        let p = try prepare(data, root + "/shards")
+        XCTAssertEqual(p.status, 0, p.err)
+        let all = p.out + p.err
+        XCTAssertFalse(all.contains("skipped: 0"), all)
+        let log = try String(contentsOfFile: root + "/shards/skipped.log", encoding: .utf8)
+        XCTAssert(log.contains(jpegs[0]), log)
+        XCTAssert(log.contains(gone), log)
+
+        let strict = try run(["prepare", "--dataset-dir", data, "--dataset", "refer_seg||multi_reason_seg||vqa", "--refer-seg-data",
+                              "refcoco", "--out", root + "/strict", "--image-size", "64", "--strict"])
+        XCTAssertNotEqual(strict.status, 0)
+        XCTAssertFalse(strict.signalled)
+        XCTAssert(strict.err.contains(jpegs[0]) || strict.err.contains(gone), strict.err)
+    }
+}
