@@ -20,8 +20,8 @@ mpirun $MPIRUN_FLAGS -np 2 "$PIXELLM" prepare --dataset-dir "$demo/data" \
   --dataset "sem_seg||refer_seg||vqa||multi_reason_seg" --out "$demo/shards" --image-size 224 --shard-size 32 2>&1 |
   grep -v '^warning: .* does not exist; skipping this sub-dataset'
 echo
-echo "== what the model sees for sample 100 (a MUSE image): $demo/inspect"
-"$PIXELLM" inspect --shards "$demo/shards" --index 100 --out "$demo/inspect"
+echo "== what the model sees for sample 130 (a MUSE image): $demo/inspect"
+"$PIXELLM" inspect --shards "$demo/shards" --index 130 --out "$demo/inspect"
 ls "$demo/inspect"
 echo
 "$PIXELLM" demo
