@@ -40,6 +40,22 @@ final class GenerateTests: XCTestCase {
         }
     }
 
+    /// An f16 pytorch_model.bin holds the f32 weights rounded to half: every loaded tensor equals that rounding
+    /// exactly, and the report names the dtype.
+    func testF16BinHoldsTheF32WeightsRoundedToHalf() throws {
+        let (f32, _) = try PixelLMModelDirectory.open(Self.sub("st-f32"), segTokenIds: Self.segIds)
+        let (f16, report) = try PixelLMModelDirectory.open(Self.sub("bin-f16"), segTokenIds: Self.segIds)
+        XCTAssertTrue(report.dtypes.contains("F16"), "\(report.dtypes)")  // (the CLIP tower in ../clip is f32)
+        var checked = 0
+        for ((n, a), (m, b)) in zip(f32.namedTensors(), f16.namedTensors()) where a.count > 0 {
+            XCTAssertEqual(n, m)
+            let want = a.toArray().map { Float(Float16($0)) }
+            XCTAssertEqual(b.toArray(), want, "\(n): not the f32 weights rounded to half")
+            checked += 1
+        }
+        XCTAssertGreaterThan(checked, 100)
+    }
+
     /// Prompt = everything up to two tokens before [SEG0]; the rest of the reference ids teacher-forced
     /// through the cached steps. Masks and per-step logits must match the PyTorch (uncached) forward.
     func testForcedGenerationMatchesPyTorch() throws {
