@@ -108,16 +108,28 @@ public enum DatasetRegistry {
         let es = try entries(dataset: dataset, semSegData: semSegData, referSegData: referSegData, vqaData: vqaData,
                              multiReasonSegData: multiReasonSegData, reasonSegData: reasonSegData)
         var out: [any DatasetReader] = []
+        var readable = 0
         for e in es {
-            let p = (datasetDir as NSString).appendingPathComponent(e.requiredPath)
-            guard FileManager.default.fileExists(atPath: p) else {
-                if strict { throw DatasetError(file: p, "\(e.kind) \(e.name): missing (--strict)") }
-                warn("\(e.kind) \(e.name): \(p) does not exist; skipping this sub-dataset")
+            // MUSE files sit at the dataset root (the reference's ./dataset/muse_train.json) or under muse/.
+            let candidates = e.kind == "multi_reason_seg" ? [e.requiredPath, "muse/" + e.requiredPath] : [e.requiredPath]
+            let paths = candidates.map { (datasetDir as NSString).appendingPathComponent($0) }
+            guard paths.contains(where: { FileManager.default.fileExists(atPath: $0) }) else {
+                if strict { throw DatasetError(file: paths[0], "\(e.kind) \(e.name): missing (--strict)") }
+                warn("\(e.kind) \(e.name): \(paths.joined(separator: " or ")) does not exist; skipping this sub-dataset")
                 continue
             }
-            out.append(try makeReader(e, datasetDir: datasetDir, options: options))
+            do {
+                out.append(try makeReader(e, datasetDir: datasetDir, options: options))
+                readable += 1
+            } catch let err as DatasetError where !strict {
+                // A malformed index file (json, pickle, class list): the sub-dataset is skipped and counted.
+                warn("\(e.kind) \(e.name): \(err); skipping this sub-dataset")
+                out.append(UnreadableDataset(dataset: e.kind, subset: e.name, error: err))
+            }
         }
-        if out.isEmpty { throw DatasetError(file: datasetDir, "none of the selected sub-datasets exists (\(es.map(\.name).joined(separator: ", ")))") }
+        if readable == 0 {
+            throw DatasetError(file: datasetDir, "none of the selected sub-datasets exists or reads (\(es.map(\.name).joined(separator: ", ")))")
+        }
         return out
     }
 
@@ -137,5 +149,24 @@ public enum DatasetRegistry {
         default:
             throw DatasetError(file: "--dataset", "unknown kind \"\(e.kind)\"; valid: \(kinds.joined(separator: ", "))")
         }
+    }
+}
+
+/// A sub-dataset whose index file could not be read: no items, and one index skip naming the file and the
+/// reason, so that `prepare` counts and logs it with the other skips.
+public struct UnreadableDataset: DatasetReader {
+    public let dataset: String
+    public let subset: String
+    public let indexSkips: SkipLog
+    public var count: Int { 0 }
+    public init(dataset: String, subset: String, error: DatasetError) {
+        self.dataset = dataset
+        self.subset = subset
+        var log = SkipLog()
+        log.record(SampleSkip(file: error.file, "unreadable dataset: \(error.message)"))
+        indexSkips = log
+    }
+    public func sample(_ index: Int, seed: UInt64) throws -> DataSample {
+        throw SampleSkip(file: indexSkips.entries.first?.file ?? subset, "unreadable dataset has no items")
     }
 }

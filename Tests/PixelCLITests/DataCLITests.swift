@@ -94,6 +94,10 @@ final class DataCLITests: XCTestCase {
         let gone = try FileManager.default.contentsOfDirectory(atPath: llava).sorted()[0]
         try FileManager.default.removeItem(atPath: llava + "/" + gone)
 
+        // And a malformed MUSE json: that sub-dataset is skipped and counted, the others are packed.
+        let muse = FileManager.default.fileExists(atPath: data + "/muse_train.json") ? data + "/muse_train.json" : data + "/muse/muse_train.json"
+        try Data("[{\"file_name\": ".utf8).write(to: URL(fileURLWithPath: muse))
+
         let p = try prepare(data, root + "/shards")
         XCTAssertEqual(p.status, 0, p.err)
         let all = p.out + p.err
@@ -101,8 +105,10 @@ final class DataCLITests: XCTestCase {
         let log = try String(contentsOfFile: root + "/shards/skipped.log", encoding: .utf8)
         XCTAssert(log.contains(jpegs[0]), log)
         XCTAssert(log.contains(gone), log)
+        XCTAssert(log.contains("muse_train.json\tunreadable dataset: not valid JSON"), log)
+        XCTAssert(all.contains("multi_reason_seg/muse_train: 0 items"), all)
 
-        let strict = try run(["prepare", "--dataset-dir", data, "--dataset", "refer_seg||multi_reason_seg||vqa", "--refer-seg-data",
+        let strict = try run(["prepare", "--dataset-dir", data, "--dataset", "refer_seg||vqa", "--refer-seg-data",
                               "refcoco", "--out", root + "/strict", "--image-size", "64", "--strict"])
         XCTAssertNotEqual(strict.status, 0)
         XCTAssertFalse(strict.signalled)
