@@ -3,6 +3,7 @@
 // CPixelImage over the system libjpeg-turbo and libpng.
 import CPixelImage
 import Foundation
+import PixelTensor
 
 #if canImport(Glibc)
 import Glibc
@@ -323,47 +324,9 @@ enum Codec {
     }
 }
 
-private func systemWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
-
-/// Atomic file replacement: `<path>.tmp-<pid>-<n>` is written, fsynced, renamed over `path`, and the
-/// directory fsynced. On failure the temporary file is removed and `path` is left as it was.
+/// Atomic file replacement (`AtomicFile` of PixelTensor), failures reported as `ImageError`s naming `path`.
 enum AtomicWrite {
-    private static let counter = Counter()
-
-    private final class Counter: @unchecked Sendable {
-        private var value = 0
-        private let lock = NSLock()
-        func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value }
-    }
-
     static func write(_ bytes: [UInt8], to path: String) throws {
-        let tmp = "\(path).tmp-\(getpid())-\(counter.next())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ImageError(file: path, "cannot create \(tmp): \(String(cString: strerror(errno)))") }
-        var open_ = true
-        do {
-            var done = 0
-            while done < bytes.count {
-                let n = bytes.withUnsafeBytes { systemWrite(fd, $0.baseAddress! + done, $0.count - done) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw ImageError(file: path, "write to \(tmp) failed: \(String(cString: strerror(errno)))")
-                }
-                done += n
-            }
-            guard fsync(fd) == 0 else { throw ImageError(file: path, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))") }
-            open_ = false
-            guard close(fd) == 0 else { throw ImageError(file: path, "close of \(tmp) failed: \(String(cString: strerror(errno)))") }
-            guard rename(tmp, path) == 0 else {
-                throw ImageError(file: path, "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            if open_ { close(fd) }
-            unlink(tmp)
-            throw error
-        }
-        let dir = (path as NSString).deletingLastPathComponent
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
+        try AtomicFile.write(bytes, to: path, error: { ImageError(file: $0, $1) })
     }
 }

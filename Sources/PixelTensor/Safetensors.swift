@@ -333,6 +333,8 @@ public enum Safetensors {
         names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
+    static func ioError(_ file: String, _ message: String) -> Error { SafetensorsError(.io, file: file, message) }
+
     static func checkWritable(_ dtype: DType, _ path: String) throws {
         guard dtype == .f32 || dtype == .f16 || dtype == .bf16 else {
             throw SafetensorsError(.unsupportedDType, file: path, "cannot write dtype \(dtype.name): only F32, F16 and BF16")
@@ -400,7 +402,7 @@ public enum Safetensors {
         }
         let order = sortedNames(tensors.keys)
         let head = header(order.map { ($0, tensors[$0]!.shape) }, dtype: dtype, metadata: metadata)
-        try AtomicFile.write(path) { w in
+        try AtomicFile.write(path, error: ioError) { w in
             var n = UInt64(head.count).littleEndian
             try withUnsafeBytes(of: &n) { try w.write($0) }
             try head.withUnsafeBytes { try w.write($0) }
@@ -468,7 +470,7 @@ public enum Safetensors {
             s += weightMap.map { "    \(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ",\n")
             s += "\n  }\n}\n"
             let bytes = Array(s.utf8)
-            try AtomicFile.write(path(indexName)) { w in try bytes.withUnsafeBytes { try w.write($0) } }
+            try AtomicFile.write(bytes, to: path(indexName), error: ioError)
             written.append(indexName)
         }
         // remove what an earlier save left behind, so the directory reader never mixes two checkpoints
@@ -479,53 +481,6 @@ public enum Safetensors {
             if stale { unlink(path(f)) }
         }
         return written
-    }
-}
-
-private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
-
-/// Writes a file atomically: `path.tmp-<pid>`, fsync, rename over `path`, fsync the directory. On any
-/// error the temporary file is removed and `path` is untouched.
-enum AtomicFile {
-    struct Writer {
-        let fd: Int32
-        let path: String
-        func write(_ bytes: UnsafeRawBufferPointer) throws {
-            var done = 0
-            while done < bytes.count {
-                let r = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
-                if r < 0 {
-                    if errno == EINTR { continue }
-                    throw SafetensorsError(.io, file: path, "write failed: \(String(cString: strerror(errno)))")
-                }
-                done += r
-            }
-        }
-    }
-
-    static func write(_ path: String, _ body: (Writer) throws -> Void) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw SafetensorsError(.io, file: path, "cannot create \(tmp): \(String(cString: strerror(errno)))")
-        }
-        var closed = false
-        do {
-            try body(Writer(fd: fd, path: tmp))
-            guard fsync(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "fsync failed: \(String(cString: strerror(errno)))") }
-            closed = true
-            guard close(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "close failed: \(String(cString: strerror(errno)))") }
-            guard rename(tmp, path) == 0 else {
-                throw SafetensorsError(.io, file: path, "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            if !closed { close(fd) }
-            unlink(tmp)
-            throw error
-        }
-        let dir = (path as NSString).deletingLastPathComponent
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 }
 
