@@ -1,4 +1,5 @@
 import Foundation
+import PixelJSON
 
 // MARK: - one API for both checkpoint formats
 
