@@ -81,23 +81,6 @@ public struct RGBImage: Equatable, Sendable {
         try Image.load(path, applyEXIFOrientation: applyEXIFOrientation)
     }
 
-    public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 3, level: compressionLevel, name: name)
-    }
-
-    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodeJPEG(pixels, width: width, height: height, channels: 3, quality: quality, name: name)
-    }
-
-    /// Writes a PNG atomically (temporary file, fsync, rename).
-    public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
-        try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
-    }
-
-    /// Writes a JPEG atomically (temporary file, fsync, rename).
-    public func writeJPEG(_ path: String, quality: Int = 95) throws {
-        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
-    }
 }
 
 /// 8-bit single-channel image (masks, label maps), row-major.
@@ -120,22 +103,6 @@ public struct GrayImage: Equatable, Sendable {
 
     /// Reads a single-channel PNG as stored: palette indices, gray levels (see `Image.loadLabels`).
     public static func load(_ path: String) throws -> GrayImage { try Image.loadLabels(path) }
-
-    public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 1, level: compressionLevel, name: name)
-    }
-
-    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodeJPEG(pixels, width: width, height: height, channels: 1, quality: quality, name: name)
-    }
-
-    public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
-        try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
-    }
-
-    public func writeJPEG(_ path: String, quality: Int = 95) throws {
-        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
-    }
 }
 
 /// 8-bit RGBA, row-major, interleaved.
@@ -160,13 +127,43 @@ public struct RGBAImage: Equatable, Sendable {
         }
         return RGBImage(width: width, height: height, pixels: out)
     }
+}
 
+/// 8-bit images with interleaved channels, rows packed: PNG encoding and atomic writes for all of them,
+/// JPEG for the 1- and 3-channel ones.
+public protocol PackedImage8 {
+    static var channels: Int { get }
+    var width: Int { get }
+    var height: Int { get }
+    var pixels: [UInt8] { get }
+}
+
+/// A `PackedImage8` that JPEG can hold (gray or RGB).
+public protocol JPEGEncodableImage8: PackedImage8 {}
+
+extension RGBImage: JPEGEncodableImage8 { public static var channels: Int { 3 } }
+extension GrayImage: JPEGEncodableImage8 { public static var channels: Int { 1 } }
+extension RGBAImage: PackedImage8 { public static var channels: Int { 4 } }
+
+extension PackedImage8 {
     public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 4, level: compressionLevel, name: name)
+        try Codec.encodePNG(pixels, width: width, height: height, channels: Self.channels, level: compressionLevel, name: name)
     }
 
+    /// Writes a PNG atomically (temporary file, fsync, rename).
     public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
         try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
+    }
+}
+
+extension JPEGEncodableImage8 {
+    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
+        try Codec.encodeJPEG(pixels, width: width, height: height, channels: Self.channels, quality: quality, name: name)
+    }
+
+    /// Writes a JPEG atomically (temporary file, fsync, rename).
+    public func writeJPEG(_ path: String, quality: Int = 95) throws {
+        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
     }
 }
 
