@@ -5,32 +5,15 @@ import PixelJSON
 // checks of huggingface/safetensors `tensor.rs` (`read_metadata`, `Metadata::validate`) and also rejects
 // duplicate keys, which the format forbids but serde lets through.
 
-/// An error reading or writing a safetensors file: the file, the tensor or key concerned (if any), and
-/// what is wrong. `kind` lets callers and tests tell the cases apart.
-public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: String, Sendable {
-        case io, headerTooSmall, headerTooLarge, invalidHeaderLength, invalidUTF8, invalidHeaderStart, invalidJSON
-        case invalidHeader, duplicateKey, unknownDType, invalidOffset, tensorInvalidInfo, misalignedSlice
-        case validationOverflow, incompleteBuffer, tensorNotFound, unsupportedDType, invalidName, invalidIndex
-        case missingShard
-    }
-    public let kind: Kind
-    public let file: String
-    public let key: String?
-    public let message: String
-
-    public init(_ kind: Kind, file: String, key: String? = nil, _ message: String) {
-        self.kind = kind
-        self.file = file
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String {
-        if let key { return "\(file): '\(key)': \(message)" }
-        return "\(file): \(message)"
-    }
+/// What is wrong with a safetensors file (`SafetensorsError.kind`).
+public enum SafetensorsErrorKind: String, Sendable {
+    case io, headerTooSmall, headerTooLarge, invalidHeaderLength, invalidUTF8, invalidHeaderStart, invalidJSON
+    case invalidHeader, duplicateKey, unknownDType, invalidOffset, tensorInvalidInfo, misalignedSlice
+    case validationOverflow, incompleteBuffer, tensorNotFound, unsupportedDType, invalidName, invalidIndex
+    case missingShard
 }
+
+public typealias SafetensorsError = CheckpointError<SafetensorsErrorKind>
 
 /// One tensor of a safetensors header. `begin` and `end` are byte offsets into the data section (the file
 /// offset is `8 + headerLength + begin`).

@@ -10,31 +10,14 @@ import Foundation
 // recognised by name, never imported or called, and any other global is refused. Tensor data stays in
 // the memory-mapped file until asked for.
 
-/// An error reading a PyTorch checkpoint: the file, the tensor or zip entry concerned (if any), and what
-/// is wrong. `kind` lets callers and tests tell the cases apart.
-public struct TorchBinError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: String, Sendable {
-        case io, notCheckpoint, truncated, zipFormat, compressedEntry, missingEntry, checksum
-        case pickle, refusedGlobal, unsupportedObject, invalidTensor, bigEndian, unsupportedFormat
-        case tensorNotFound, unsupportedDType, invalidIndex, invalidJSON, duplicateKey, missingShard
-    }
-    public let kind: Kind
-    public let file: String
-    public let key: String?
-    public let message: String
-
-    public init(_ kind: Kind, file: String, key: String? = nil, _ message: String) {
-        self.kind = kind
-        self.file = file
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String {
-        if let key { return "\(file): '\(key)': \(message)" }
-        return "\(file): \(message)"
-    }
+/// What is wrong with a PyTorch checkpoint (`TorchBinError.kind`).
+public enum TorchBinErrorKind: String, Sendable {
+    case io, notCheckpoint, truncated, zipFormat, compressedEntry, missingEntry, checksum
+    case pickle, refusedGlobal, unsupportedObject, invalidTensor, bigEndian, unsupportedFormat
+    case tensorNotFound, unsupportedDType, invalidIndex, invalidJSON, duplicateKey, missingShard
 }
+
+public typealias TorchBinError = CheckpointError<TorchBinErrorKind>
 
 public enum TorchBin {
     public static let indexName = "pytorch_model.bin.index.json"

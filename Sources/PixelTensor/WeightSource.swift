@@ -3,6 +3,30 @@ import PixelJSON
 
 // MARK: - one API for both checkpoint formats
 
+/// An error reading or writing a checkpoint (`SafetensorsError`, `TorchBinError`): the file, the tensor,
+/// zip entry or key concerned (if any), and what is wrong. `kind`, one enum per format, lets callers and
+/// tests tell the cases apart.
+public struct CheckpointError<K: RawRepresentable & Sendable & Equatable>: Error, CustomStringConvertible, Sendable
+    where K.RawValue == String {
+    public typealias Kind = K
+    public let kind: Kind
+    public let file: String
+    public let key: String?
+    public let message: String
+
+    public init(_ kind: Kind, file: String, key: String? = nil, _ message: String) {
+        self.kind = kind
+        self.file = file
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String {
+        if let key { return "\(file): '\(key)': \(message)" }
+        return "\(file): \(message)"
+    }
+}
+
 /// What `info(_:)` tells about a tensor in any checkpoint format.
 public protocol WeightInfo {
     var dtype: DType { get }
@@ -48,7 +72,7 @@ public enum WeightSources {
 
 // MARK: - sharded checkpoint directories
 
-/// The failures of reading a checkpoint directory; each format reports them with its own error type.
+/// The failures of reading a checkpoint directory; each format reports them as its own error type.
 public enum WeightDirectoryErrorKind: String, Sendable {
     case io, invalidJSON, duplicateKey, invalidIndex, missingShard, tensorNotFound
 }
@@ -60,27 +84,23 @@ public protocol ShardedWeightFile: WeightSource {
     static var indexName: String { get }
     /// `model.safetensors`, `pytorch_model.bin`.
     static var singleName: String { get }
-    /// The format's error (`SafetensorsError`, `TorchBinError`) for a directory failure.
-    static func directoryError(_ kind: WeightDirectoryErrorKind, file: String, key: String?, _ message: String) -> Error
+    /// The kinds of the format's `CheckpointError`; they include every `WeightDirectoryErrorKind` by name.
+    associatedtype ErrorKind: RawRepresentable & Sendable & Equatable where ErrorKind.RawValue == String
     /// Opens and validates one shard.
     init(_ path: String) throws
     var path: String { get }
 }
 
 extension SafetensorsFile: ShardedWeightFile {
+    public typealias ErrorKind = SafetensorsErrorKind
     public static var indexName: String { Safetensors.indexName }
     public static var singleName: String { Safetensors.singleName }
-    public static func directoryError(_ kind: WeightDirectoryErrorKind, file: String, key: String?, _ message: String) -> Error {
-        SafetensorsError(SafetensorsError.Kind(rawValue: kind.rawValue)!, file: file, key: key, message)
-    }
 }
 
 extension TorchBinFile: ShardedWeightFile {
+    public typealias ErrorKind = TorchBinErrorKind
     public static var indexName: String { TorchBin.indexName }
     public static var singleName: String { TorchBin.singleName }
-    public static func directoryError(_ kind: WeightDirectoryErrorKind, file: String, key: String?, _ message: String) -> Error {
-        TorchBinError(TorchBinError.Kind(rawValue: kind.rawValue)!, file: file, key: key, message)
-    }
 }
 
 /// A safetensors checkpoint directory: `model.safetensors.index.json` with its shards, or `model.safetensors`.
@@ -103,8 +123,9 @@ public final class ShardedWeightDirectory<Shard: ShardedWeightFile>: WeightSourc
     public let totalSize: Int?
     private let fileOf: [String: Shard]
 
+    /// The shard format's error (`SafetensorsError`, `TorchBinError`).
     private static func error(_ kind: WeightDirectoryErrorKind, file: String, key: String? = nil, _ message: String) -> Error {
-        Shard.directoryError(kind, file: file, key: key, message)
+        CheckpointError(Shard.ErrorKind(rawValue: kind.rawValue)!, file: file, key: key, message)
     }
 
     public init(_ directory: String) throws {
