@@ -26,9 +26,11 @@ let package = Package(
             cSettings: [.define("_GNU_SOURCE"), .unsafeFlags(["-O2"])],
             linkerSettings: [.linkedLibrary("dl"), .linkedLibrary("m")]
         ),
-        .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5"], swiftSettings: kernelSettings),
+        // the strict JSON parser of safetensors headers, checkpoint indexes and tokenizer files
+        .target(name: "PixelJSON", dependencies: [], swiftSettings: kernelSettings),
+        .target(name: "PixelTensor", dependencies: ["CPixelShims", "CHDF5", "PixelJSON"], swiftSettings: kernelSettings),
         .target(name: "PixelModel", dependencies: ["PixelTensor"], swiftSettings: kernelSettings),
-        .target(name: "PixelText", dependencies: [], swiftSettings: kernelSettings),
+        .target(name: "PixelText", dependencies: ["PixelJSON"], swiftSettings: kernelSettings),
         .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .target(name: "CPixelImage", dependencies: ["CJPEG", "CPNG"], cSettings: [.unsafeFlags(["-O2"])]),

@@ -116,6 +116,23 @@ int pixel_apply_orientation(PixelImage *img, int orientation, char *err, size_t 
     return 0;
 }
 
+/// Fills *out with a decoded image (pixels malloc'd, now owned by *out) and applies the EXIF orientation when
+/// asked; on failure *out is freed and zeroed. Returns 0 or -1, as the decoders do.
+static int finish_decode(PixelImage *out, uint8_t *pixels, int w, int h, int channels, int orientation,
+                         int apply_orientation, char *err, size_t err_size) {
+    out->pixels = pixels;
+    out->width = w;
+    out->height = h;
+    out->channels = channels;
+    out->orientation = orientation;
+    if (apply_orientation && pixel_apply_orientation(out, orientation, err, err_size) != 0) {
+        free(out->pixels);
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // JPEG
 
@@ -240,17 +257,7 @@ int pixel_jpeg_decode(const uint8_t *data, size_t size, int apply_orientation, P
     jpeg_destroy_decompress(&cinfo);
     free(cmyk_row);
     free(patched);
-    out->pixels = pixels;
-    out->width = (int)w;
-    out->height = (int)h;
-    out->channels = 3;
-    out->orientation = orientation;
-    if (apply_orientation && pixel_apply_orientation(out, orientation, err, err_size) != 0) {
-        free(out->pixels);
-        memset(out, 0, sizeof *out);
-        return -1;
-    }
-    return 0;
+    return finish_decode(out, pixels, (int)w, (int)h, 3, orientation, apply_orientation, err, err_size);
 }
 
 /// Destination manager writing into a growing malloc'd buffer (jpeg_mem_dest cannot be cleaned up
@@ -502,17 +509,7 @@ int pixel_png_decode(const uint8_t *data, size_t size, int mode, int apply_orien
 #endif
     png_destroy_read_struct(&png, &info, NULL);
     free(rows);
-    out->pixels = pixels;
-    out->width = (int)w;
-    out->height = (int)h;
-    out->channels = want;
-    out->orientation = orientation;
-    if (apply_orientation && pixel_apply_orientation(out, orientation, err, err_size) != 0) {
-        free(out->pixels);
-        memset(out, 0, sizeof *out);
-        return -1;
-    }
-    return 0;
+    return finish_decode(out, pixels, (int)w, (int)h, want, orientation, apply_orientation, err, err_size);
 }
 
 int pixel_png_encode(const uint8_t *pixels, int width, int height, int channels, int compression_level,

@@ -3,6 +3,7 @@
 // CPixelImage over the system libjpeg-turbo and libpng.
 import CPixelImage
 import Foundation
+import PixelTensor
 
 #if canImport(Glibc)
 import Glibc
@@ -80,23 +81,6 @@ public struct RGBImage: Equatable, Sendable {
         try Image.load(path, applyEXIFOrientation: applyEXIFOrientation)
     }
 
-    public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 3, level: compressionLevel, name: name)
-    }
-
-    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodeJPEG(pixels, width: width, height: height, channels: 3, quality: quality, name: name)
-    }
-
-    /// Writes a PNG atomically (temporary file, fsync, rename).
-    public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
-        try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
-    }
-
-    /// Writes a JPEG atomically (temporary file, fsync, rename).
-    public func writeJPEG(_ path: String, quality: Int = 95) throws {
-        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
-    }
 }
 
 /// 8-bit single-channel image (masks, label maps), row-major.
@@ -119,22 +103,6 @@ public struct GrayImage: Equatable, Sendable {
 
     /// Reads a single-channel PNG as stored: palette indices, gray levels (see `Image.loadLabels`).
     public static func load(_ path: String) throws -> GrayImage { try Image.loadLabels(path) }
-
-    public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 1, level: compressionLevel, name: name)
-    }
-
-    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodeJPEG(pixels, width: width, height: height, channels: 1, quality: quality, name: name)
-    }
-
-    public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
-        try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
-    }
-
-    public func writeJPEG(_ path: String, quality: Int = 95) throws {
-        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
-    }
 }
 
 /// 8-bit RGBA, row-major, interleaved.
@@ -159,13 +127,43 @@ public struct RGBAImage: Equatable, Sendable {
         }
         return RGBImage(width: width, height: height, pixels: out)
     }
+}
 
+/// 8-bit images with interleaved channels, rows packed: PNG encoding and atomic writes for all of them,
+/// JPEG for the 1- and 3-channel ones.
+public protocol PackedImage8 {
+    static var channels: Int { get }
+    var width: Int { get }
+    var height: Int { get }
+    var pixels: [UInt8] { get }
+}
+
+/// A `PackedImage8` that JPEG can hold (gray or RGB).
+public protocol JPEGEncodableImage8: PackedImage8 {}
+
+extension RGBImage: JPEGEncodableImage8 { public static var channels: Int { 3 } }
+extension GrayImage: JPEGEncodableImage8 { public static var channels: Int { 1 } }
+extension RGBAImage: PackedImage8 { public static var channels: Int { 4 } }
+
+extension PackedImage8 {
     public func encodePNG(compressionLevel: Int = -1, name: String = "<memory>") throws -> [UInt8] {
-        try Codec.encodePNG(pixels, width: width, height: height, channels: 4, level: compressionLevel, name: name)
+        try Codec.encodePNG(pixels, width: width, height: height, channels: Self.channels, level: compressionLevel, name: name)
     }
 
+    /// Writes a PNG atomically (temporary file, fsync, rename).
     public func writePNG(_ path: String, compressionLevel: Int = -1) throws {
         try AtomicWrite.write(try encodePNG(compressionLevel: compressionLevel, name: path), to: path)
+    }
+}
+
+extension JPEGEncodableImage8 {
+    public func encodeJPEG(quality: Int = 95, name: String = "<memory>") throws -> [UInt8] {
+        try Codec.encodeJPEG(pixels, width: width, height: height, channels: Self.channels, quality: quality, name: name)
+    }
+
+    /// Writes a JPEG atomically (temporary file, fsync, rename).
+    public func writeJPEG(_ path: String, quality: Int = 95) throws {
+        try AtomicWrite.write(try encodeJPEG(quality: quality, name: path), to: path)
     }
 }
 
@@ -323,47 +321,9 @@ enum Codec {
     }
 }
 
-private func systemWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
-
-/// Atomic file replacement: `<path>.tmp-<pid>-<n>` is written, fsynced, renamed over `path`, and the
-/// directory fsynced. On failure the temporary file is removed and `path` is left as it was.
+/// Atomic file replacement (`AtomicFile` of PixelTensor), failures reported as `ImageError`s naming `path`.
 enum AtomicWrite {
-    private static let counter = Counter()
-
-    private final class Counter: @unchecked Sendable {
-        private var value = 0
-        private let lock = NSLock()
-        func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value }
-    }
-
     static func write(_ bytes: [UInt8], to path: String) throws {
-        let tmp = "\(path).tmp-\(getpid())-\(counter.next())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ImageError(file: path, "cannot create \(tmp): \(String(cString: strerror(errno)))") }
-        var open_ = true
-        do {
-            var done = 0
-            while done < bytes.count {
-                let n = bytes.withUnsafeBytes { systemWrite(fd, $0.baseAddress! + done, $0.count - done) }
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw ImageError(file: path, "write to \(tmp) failed: \(String(cString: strerror(errno)))")
-                }
-                done += n
-            }
-            guard fsync(fd) == 0 else { throw ImageError(file: path, "fsync of \(tmp) failed: \(String(cString: strerror(errno)))") }
-            open_ = false
-            guard close(fd) == 0 else { throw ImageError(file: path, "close of \(tmp) failed: \(String(cString: strerror(errno)))") }
-            guard rename(tmp, path) == 0 else {
-                throw ImageError(file: path, "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            if open_ { close(fd) }
-            unlink(tmp)
-            throw error
-        }
-        let dir = (path as NSString).deletingLastPathComponent
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
+        try AtomicFile.write(bytes, to: path, error: { ImageError(file: $0, $1) })
     }
 }

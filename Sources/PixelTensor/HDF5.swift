@@ -20,42 +20,37 @@ public enum TensorFile {
         return rc
     }
 
-    /// Writes the tensors atomically: to `path.tmp-<pid>`, fsync, then rename over `path`.
+    /// Writes the tensors atomically (`AtomicFile.replace`: a temporary file, fsync, rename over `path`).
     public static func write(_ tensors: [String: Tensor], to path: String, attributes: [String: String] = [:]) throws {
         lock.lock(); defer { lock.unlock() }
         pixel_h5_quiet()
-        let tmp = path + ".tmp-\(getpid())"
-        let file = try h5(H5Fcreate(tmp, pixel_h5f_acc_trunc(), pixel_h5p_default(), pixel_h5p_default()), "H5Fcreate", tmp)
-        var ok = false
-        defer {
-            if !ok { H5Fclose(file); unlink(tmp) }
-        }
-        // intermediate groups are created on demand
-        let lcpl = try h5(H5Pcreate(H5P_CLS_LINK_CREATE_ID_g), "H5Pcreate", tmp)
-        defer { H5Pclose(lcpl) }
-        try h5(H5Pset_create_intermediate_group(lcpl, 1), "H5Pset_create_intermediate_group", tmp)
-        for name in tensors.keys.sorted() {
-            let t = tensors[name]!.contiguousData()
-            var dims = t.shape.map { hsize_t($0) }
-            let space = try h5(H5Screate_simple(Int32(dims.count), &dims, nil), "H5Screate_simple", tmp, name)
-            defer { H5Sclose(space) }
-            let dset = try h5(H5Dcreate2(file, name, pixel_h5t_native_float(), space, lcpl, pixel_h5p_default(), pixel_h5p_default()),
-                              "H5Dcreate2", tmp, name)
-            defer { H5Dclose(dset) }
-            try h5(H5Dwrite(dset, pixel_h5t_native_float(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), t.ptr),
-                   "H5Dwrite", tmp, name)
-        }
-        for (k, v) in attributes.sorted(by: { $0.key < $1.key }) {
-            try writeStringAttribute(file, k, v, tmp)
-        }
-        try h5(H5Fflush(file, H5F_SCOPE_GLOBAL), "H5Fflush", tmp)
-        try h5(H5Fclose(file), "H5Fclose", tmp)
-        ok = true
-        let fd = open(tmp, O_RDONLY)
-        if fd >= 0 { fsync(fd); close(fd) }
-        if rename(tmp, path) != 0 {
-            unlink(tmp)
-            throw TensorFileError(file: path, message: "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
+        try AtomicFile.replace(path) { tmp in
+            let file = try h5(H5Fcreate(tmp, pixel_h5f_acc_trunc(), pixel_h5p_default(), pixel_h5p_default()), "H5Fcreate", tmp)
+            var ok = false
+            defer {
+                if !ok { H5Fclose(file) }
+            }
+            // intermediate groups are created on demand
+            let lcpl = try h5(H5Pcreate(H5P_CLS_LINK_CREATE_ID_g), "H5Pcreate", tmp)
+            defer { H5Pclose(lcpl) }
+            try h5(H5Pset_create_intermediate_group(lcpl, 1), "H5Pset_create_intermediate_group", tmp)
+            for name in tensors.keys.sorted() {
+                let t = tensors[name]!.contiguousData()
+                var dims = t.shape.map { hsize_t($0) }
+                let space = try h5(H5Screate_simple(Int32(dims.count), &dims, nil), "H5Screate_simple", tmp, name)
+                defer { H5Sclose(space) }
+                let dset = try h5(H5Dcreate2(file, name, pixel_h5t_native_float(), space, lcpl, pixel_h5p_default(), pixel_h5p_default()),
+                                  "H5Dcreate2", tmp, name)
+                defer { H5Dclose(dset) }
+                try h5(H5Dwrite(dset, pixel_h5t_native_float(), pixel_h5s_all(), pixel_h5s_all(), pixel_h5p_default(), t.ptr),
+                       "H5Dwrite", tmp, name)
+            }
+            for (k, v) in attributes.sorted(by: { $0.key < $1.key }) {
+                try writeStringAttribute(file, k, v, tmp)
+            }
+            try h5(H5Fflush(file, H5F_SCOPE_GLOBAL), "H5Fflush", tmp)
+            ok = true
+            try h5(H5Fclose(file), "H5Fclose", tmp)
         }
     }
 

@@ -1,35 +1,19 @@
 import Foundation
+import PixelJSON
 
 // safetensors files: `[u64 little-endian N][N bytes of UTF-8 JSON header][data]`. The reader applies the
 // checks of huggingface/safetensors `tensor.rs` (`read_metadata`, `Metadata::validate`) and also rejects
 // duplicate keys, which the format forbids but serde lets through.
 
-/// An error reading or writing a safetensors file: the file, the tensor or key concerned (if any), and
-/// what is wrong. `kind` lets callers and tests tell the cases apart.
-public struct SafetensorsError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: String, Sendable {
-        case io, headerTooSmall, headerTooLarge, invalidHeaderLength, invalidUTF8, invalidHeaderStart, invalidJSON
-        case invalidHeader, duplicateKey, unknownDType, invalidOffset, tensorInvalidInfo, misalignedSlice
-        case validationOverflow, incompleteBuffer, tensorNotFound, unsupportedDType, invalidName, invalidIndex
-        case missingShard
-    }
-    public let kind: Kind
-    public let file: String
-    public let key: String?
-    public let message: String
-
-    public init(_ kind: Kind, file: String, key: String? = nil, _ message: String) {
-        self.kind = kind
-        self.file = file
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String {
-        if let key { return "\(file): '\(key)': \(message)" }
-        return "\(file): \(message)"
-    }
+/// What is wrong with a safetensors file (`SafetensorsError.kind`).
+public enum SafetensorsErrorKind: String, Sendable {
+    case io, headerTooSmall, headerTooLarge, invalidHeaderLength, invalidUTF8, invalidHeaderStart, invalidJSON
+    case invalidHeader, duplicateKey, unknownDType, invalidOffset, tensorInvalidInfo, misalignedSlice
+    case validationOverflow, incompleteBuffer, tensorNotFound, unsupportedDType, invalidName, invalidIndex
+    case missingShard
 }
+
+public typealias SafetensorsError = CheckpointError<SafetensorsErrorKind>
 
 /// One tensor of a safetensors header. `begin` and `end` are byte offsets into the data section (the file
 /// offset is `8 + headerLength + begin`).
@@ -316,126 +300,6 @@ public final class SafetensorsFile: @unchecked Sendable {
     }
 }
 
-// MARK: - sharded checkpoints
-
-/// A checkpoint directory: `model.safetensors.index.json` with its shards when present, else the single
-/// `model.safetensors`. Opening validates every shard and that each tensor appears exactly once, in the
-/// shard the index names.
-public final class SafetensorsDirectory: @unchecked Sendable {
-    public let directory: String
-    /// The index file, or nil for a single-file checkpoint.
-    public let indexPath: String?
-    /// The shard files in name order.
-    public let files: [SafetensorsFile]
-    /// All tensor names, sorted.
-    public let names: [String]
-    /// `metadata.total_size` of the index, if given.
-    public let totalSize: Int?
-    private let fileOf: [String: SafetensorsFile]
-
-    public init(_ directory: String) throws {
-        self.directory = directory
-        let index = (directory as NSString).appendingPathComponent(Safetensors.indexName)
-        let single = (directory as NSString).appendingPathComponent(Safetensors.singleName)
-        let fm = FileManager.default
-        if fm.fileExists(atPath: index) {
-            indexPath = index
-            let (map, total) = try Self.readIndex(index)
-            totalSize = total
-            var byFile: [String: [String]] = [:]
-            for (t, f) in map { byFile[f, default: []].append(t) }
-            var opened: [SafetensorsFile] = []
-            var owner: [String: SafetensorsFile] = [:]
-            for f in byFile.keys.sorted() {
-                let p = (directory as NSString).appendingPathComponent(f)
-                guard fm.fileExists(atPath: p) else {
-                    let example = byFile[f]!.sorted()[0]
-                    throw SafetensorsError(.missingShard, file: index, key: f,
-                                           "the weight_map names this shard (for \(byFile[f]!.count) tensors, e.g. '\(example)') but \(p) does not exist")
-                }
-                let file = try SafetensorsFile(p)
-                for t in byFile[f]! where !file.contains(t) {
-                    throw SafetensorsError(.invalidIndex, file: index, key: t, "the weight_map puts this tensor in \(f), which does not contain it")
-                }
-                for t in file.names {
-                    if let other = owner[t] {
-                        throw SafetensorsError(.invalidIndex, file: p, key: t, "tensor also present in \(other.path)")
-                    }
-                    guard map[t] == f else {
-                        throw SafetensorsError(.invalidIndex, file: p, key: t,
-                                               map[t].map { "tensor is in this shard but the index maps it to \($0)" } ?? "tensor is missing from the index's weight_map")
-                    }
-                    owner[t] = file
-                }
-                opened.append(file)
-            }
-            files = opened
-            fileOf = owner
-        } else if fm.fileExists(atPath: single) {
-            indexPath = nil
-            totalSize = nil
-            let file = try SafetensorsFile(single)
-            files = [file]
-            fileOf = Dictionary(uniqueKeysWithValues: file.names.map { ($0, file) })
-        } else {
-            throw SafetensorsError(.missingShard, file: directory, "neither \(Safetensors.indexName) nor \(Safetensors.singleName) in this directory")
-        }
-        names = fileOf.keys.sorted()
-    }
-
-    static func readIndex(_ path: String) throws -> (map: [String: String], total: Int?) {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw SafetensorsError(.io, file: path, "cannot read the index")
-        }
-        let json: JSONValue
-        do {
-            json = try data.withUnsafeBytes { try JSONParser.parse($0) }
-        } catch let e as JSONParser.Failure {
-            if let dup = e.duplicateKey { throw SafetensorsError(.duplicateKey, file: path, key: dup, "duplicate key in the index\(e.context)") }
-            throw SafetensorsError(.invalidJSON, file: path, "the index is not valid JSON: \(e.message) at byte \(e.offset)")
-        }
-        guard case .object(let top) = json, let wm = top.first(where: { $0.key == "weight_map" })?.value,
-              case .object(let pairs) = wm else {
-            throw SafetensorsError(.invalidIndex, file: path, "the index has no \"weight_map\" object")
-        }
-        var map: [String: String] = [:]
-        for (t, v) in pairs {
-            guard case .string(let f) = v, !f.isEmpty, !f.contains("/"), f != ".", f != ".." else {
-                throw SafetensorsError(.invalidIndex, file: path, key: t, "weight_map value \(v.text) is not a shard file name")
-            }
-            map[t] = f
-        }
-        var total: Int?
-        if let m = top.first(where: { $0.key == "metadata" })?.value, case .object(let mm) = m,
-           let ts = mm.first(where: { $0.key == "total_size" })?.value {
-            total = ts.usize()
-        }
-        return (map, total)
-    }
-
-    public func contains(_ name: String) -> Bool { fileOf[name] != nil }
-
-    /// The shard holding `name`.
-    public func file(for name: String) throws -> SafetensorsFile {
-        guard let f = fileOf[name] else {
-            throw SafetensorsError(.tensorNotFound, file: indexPath ?? directory, key: name, "no such tensor in the checkpoint (\(names.count) tensors)")
-        }
-        return f
-    }
-
-    public func info(_ name: String) throws -> SafetensorsEntry { try file(for: name).info(name) }
-    public func tensor(_ name: String) throws -> Tensor { try file(for: name).tensor(name) }
-    public func ints(_ name: String) throws -> [Int64] { try file(for: name).ints(name) }
-    public func bf16(_ name: String) throws -> BF16Tensor { try file(for: name).bf16(name) }
-
-    /// Every F32/F16/BF16 tensor in fp32, by name.
-    public func floatTensors() throws -> [String: Tensor] {
-        var out: [String: Tensor] = [:]
-        for f in files { out.merge(try f.floatTensors()) { a, _ in a } }
-        return out
-    }
-}
-
 // MARK: - writing
 
 public enum Safetensors {
@@ -452,6 +316,8 @@ public enum Safetensors {
     static func sortedNames<S: Sequence>(_ names: S) -> [String] where S.Element == String {
         names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
+
+    static func ioError(_ file: String, _ message: String) -> Error { SafetensorsError(.io, file: file, message) }
 
     static func checkWritable(_ dtype: DType, _ path: String) throws {
         guard dtype == .f32 || dtype == .f16 || dtype == .bf16 else {
@@ -520,7 +386,7 @@ public enum Safetensors {
         }
         let order = sortedNames(tensors.keys)
         let head = header(order.map { ($0, tensors[$0]!.shape) }, dtype: dtype, metadata: metadata)
-        try AtomicFile.write(path) { w in
+        try AtomicFile.write(path, error: ioError) { w in
             var n = UInt64(head.count).littleEndian
             try withUnsafeBytes(of: &n) { try w.write($0) }
             try head.withUnsafeBytes { try w.write($0) }
@@ -588,7 +454,7 @@ public enum Safetensors {
             s += weightMap.map { "    \(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ",\n")
             s += "\n  }\n}\n"
             let bytes = Array(s.utf8)
-            try AtomicFile.write(path(indexName)) { w in try bytes.withUnsafeBytes { try w.write($0) } }
+            try AtomicFile.write(bytes, to: path(indexName), error: ioError)
             written.append(indexName)
         }
         // remove what an earlier save left behind, so the directory reader never mixes two checkpoints
@@ -599,278 +465,5 @@ public enum Safetensors {
             if stale { unlink(path(f)) }
         }
         return written
-    }
-}
-
-private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
-
-/// Writes a file atomically: `path.tmp-<pid>`, fsync, rename over `path`, fsync the directory. On any
-/// error the temporary file is removed and `path` is untouched.
-enum AtomicFile {
-    struct Writer {
-        let fd: Int32
-        let path: String
-        func write(_ bytes: UnsafeRawBufferPointer) throws {
-            var done = 0
-            while done < bytes.count {
-                let r = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
-                if r < 0 {
-                    if errno == EINTR { continue }
-                    throw SafetensorsError(.io, file: path, "write failed: \(String(cString: strerror(errno)))")
-                }
-                done += r
-            }
-        }
-    }
-
-    static func write(_ path: String, _ body: (Writer) throws -> Void) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            throw SafetensorsError(.io, file: path, "cannot create \(tmp): \(String(cString: strerror(errno)))")
-        }
-        var closed = false
-        do {
-            try body(Writer(fd: fd, path: tmp))
-            guard fsync(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "fsync failed: \(String(cString: strerror(errno)))") }
-            closed = true
-            guard close(fd) == 0 else { throw SafetensorsError(.io, file: tmp, "close failed: \(String(cString: strerror(errno)))") }
-            guard rename(tmp, path) == 0 else {
-                throw SafetensorsError(.io, file: path, "rename from \(tmp) failed: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            if !closed { close(fd) }
-            unlink(tmp)
-            throw error
-        }
-        let dir = (path as NSString).deletingLastPathComponent
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
-    }
-}
-
-// MARK: - JSON
-
-/// A parsed JSON value that keeps object members in order (so duplicates can be reported) and numbers
-/// as their literal text (offsets need exact 64-bit integers).
-enum JSONValue {
-    case object([(key: String, value: JSONValue)])
-    case array([JSONValue])
-    case string(String)
-    case number(String)
-    case bool(Bool)
-    case null
-
-    /// A non-negative integer that fits in Int (serde's `usize`), else nil.
-    func usize() -> Int? {
-        guard case .number(let t) = self, !t.isEmpty, t.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
-        return Int(t)
-    }
-
-    /// Short text for error messages.
-    var text: String {
-        switch self {
-        case .object(let m): return "{" + m.prefix(3).map { "\"\($0.key)\": \($0.value.text)" }.joined(separator: ", ") + (m.count > 3 ? ", ...}" : "}")
-        case .array(let a): return "[" + a.prefix(8).map(\.text).joined(separator: ", ") + (a.count > 8 ? ", ...]" : "]")
-        case .string(let s): return "\"\(s.prefix(40))\""
-        case .number(let t): return t
-        case .bool(let b): return b ? "true" : "false"
-        case .null: return "null"
-        }
-    }
-}
-
-/// A strict RFC 8259 parser (what serde_json accepts): no trailing commas, no comments, no raw control
-/// characters in strings, no lone surrogates, nesting at most 128 deep, trailing whitespace allowed.
-/// Duplicate keys in any object are an error. Keys are compared as Swift strings, so two spellings of
-/// the same text (NFC vs NFD) also count as duplicates, where serde would keep both: they could not be
-/// told apart by name here anyway.
-struct JSONParser {
-    struct Failure: Error {
-        let message: String
-        let offset: Int
-        var duplicateKey: String?
-        var context = ""
-    }
-
-    let b: UnsafeRawBufferPointer
-    var i = 0
-    var depth = 0
-
-    static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSONValue {
-        var p = JSONParser(b: bytes)
-        p.skipWS()
-        let v = try p.value()
-        p.skipWS()
-        if p.i != bytes.count { throw p.fail("trailing characters after the JSON value") }
-        return v
-    }
-
-    func fail(_ m: String) -> Failure { Failure(message: m, offset: i) }
-
-    mutating func skipWS() {
-        while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 }
-    }
-
-    mutating func expect(_ lit: String) throws {
-        for c in lit.utf8 {
-            guard i < b.count, b[i] == c else { throw fail("invalid literal, expected \(lit)") }
-            i += 1
-        }
-    }
-
-    mutating func value() throws -> JSONValue {
-        guard i < b.count else { throw fail("unexpected end of input") }
-        switch b[i] {
-        case UInt8(ascii: "{"): return try object()
-        case UInt8(ascii: "["): return try array()
-        case UInt8(ascii: "\""): return .string(try string())
-        case UInt8(ascii: "t"): try expect("true"); return .bool(true)
-        case UInt8(ascii: "f"): try expect("false"); return .bool(false)
-        case UInt8(ascii: "n"): try expect("null"); return .null
-        case UInt8(ascii: "-"), 48...57: return try number()
-        default: throw fail("unexpected character '\(Character(Unicode.Scalar(b[i])))'")
-        }
-    }
-
-    mutating func nest() throws {
-        depth += 1
-        if depth > 128 { throw fail("nesting deeper than 128") }
-    }
-
-    mutating func object() throws -> JSONValue {
-        try nest()
-        i += 1
-        var members: [(key: String, value: JSONValue)] = []
-        var seen = Set<String>()
-        skipWS()
-        if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; depth -= 1; return .object(members) }
-        while true {
-            skipWS()
-            guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
-            let keyAt = i
-            let key = try string()
-            if !seen.insert(key).inserted {
-                var f = Failure(message: "duplicate key '\(key)'", offset: keyAt)
-                f.duplicateKey = key
-                if depth > 1 { f.context = " (nested at depth \(depth), byte \(keyAt))" }
-                throw f
-            }
-            skipWS()
-            guard i < b.count, b[i] == UInt8(ascii: ":") else { throw fail("expected ':' after a key") }
-            i += 1
-            skipWS()
-            let v = try value()
-            members.append((key, v))
-            skipWS()
-            guard i < b.count else { throw fail("unexpected end of input in an object") }
-            if b[i] == UInt8(ascii: ",") { i += 1; continue }
-            if b[i] == UInt8(ascii: "}") { i += 1; break }
-            throw fail("expected ',' or '}' in an object")
-        }
-        depth -= 1
-        return .object(members)
-    }
-
-    mutating func array() throws -> JSONValue {
-        try nest()
-        i += 1
-        var items: [JSONValue] = []
-        skipWS()
-        if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; depth -= 1; return .array(items) }
-        while true {
-            skipWS()
-            items.append(try value())
-            skipWS()
-            guard i < b.count else { throw fail("unexpected end of input in an array") }
-            if b[i] == UInt8(ascii: ",") { i += 1; continue }
-            if b[i] == UInt8(ascii: "]") { i += 1; break }
-            throw fail("expected ',' or ']' in an array")
-        }
-        depth -= 1
-        return .array(items)
-    }
-
-    mutating func hex4() throws -> UInt32 {
-        guard i + 4 <= b.count else { throw fail("truncated \\u escape") }
-        var v: UInt32 = 0
-        for _ in 0..<4 {
-            let c = b[i]
-            let d: UInt32
-            switch c {
-            case 48...57: d = UInt32(c - 48)
-            case 65...70: d = UInt32(c - 55)
-            case 97...102: d = UInt32(c - 87)
-            default: throw fail("invalid hex digit in \\u escape")
-            }
-            v = v << 4 | d
-            i += 1
-        }
-        return v
-    }
-
-    mutating func string() throws -> String {
-        i += 1  // opening quote
-        var out: [UInt8] = []
-        while true {
-            guard i < b.count else { throw fail("unterminated string") }
-            let c = b[i]
-            if c == UInt8(ascii: "\"") { i += 1; break }
-            if c < 0x20 { throw fail("raw control character in a string") }
-            if c != UInt8(ascii: "\\") { out.append(c); i += 1; continue }
-            i += 1
-            guard i < b.count else { throw fail("unterminated escape") }
-            let e = b[i]
-            i += 1
-            switch e {
-            case UInt8(ascii: "\""): out.append(0x22)
-            case UInt8(ascii: "\\"): out.append(0x5C)
-            case UInt8(ascii: "/"): out.append(0x2F)
-            case UInt8(ascii: "b"): out.append(0x08)
-            case UInt8(ascii: "f"): out.append(0x0C)
-            case UInt8(ascii: "n"): out.append(0x0A)
-            case UInt8(ascii: "r"): out.append(0x0D)
-            case UInt8(ascii: "t"): out.append(0x09)
-            case UInt8(ascii: "u"):
-                var cp = try hex4()
-                if cp >= 0xD800 && cp < 0xDC00 {
-                    guard i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") else {
-                        throw fail("lone leading surrogate in \\u escape")
-                    }
-                    i += 2
-                    let lo = try hex4()
-                    guard lo >= 0xDC00 && lo < 0xE000 else { throw fail("invalid trailing surrogate in \\u escape") }
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                } else if cp >= 0xDC00 && cp < 0xE000 {
-                    throw fail("lone trailing surrogate in \\u escape")
-                }
-                out.append(contentsOf: Array(String(Unicode.Scalar(cp)!).utf8))
-            default:
-                throw fail("invalid escape '\\\(Character(Unicode.Scalar(e)))'")
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    mutating func number() throws -> JSONValue {
-        let start = i
-        func digits(_ p: inout JSONParser) -> Int {
-            let s = p.i
-            while p.i < p.b.count, p.b[p.i] >= 48 && p.b[p.i] <= 57 { p.i += 1 }
-            return p.i - s
-        }
-        if b[i] == UInt8(ascii: "-") { i += 1 }
-        guard i < b.count, b[i] >= 48 && b[i] <= 57 else { throw fail("invalid number") }
-        if b[i] == 48 { i += 1 } else { _ = digits(&self) }
-        if i < b.count, b[i] == UInt8(ascii: ".") {
-            i += 1
-            if digits(&self) == 0 { throw fail("invalid number: no digits after '.'") }
-        }
-        if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
-            i += 1
-            if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
-            if digits(&self) == 0 { throw fail("invalid number: no exponent digits") }
-        }
-        return .number(String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<i]), as: UTF8.self))
     }
 }

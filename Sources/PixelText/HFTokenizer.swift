@@ -1,3 +1,5 @@
+import PixelJSON
+
 /// A HF `tokenizer.json` (huggingface/tokenizers serialisation) for LLaMA-family files, encoded and decoded
 /// the way the `tokenizers` library does it.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+import PixelJSON
 
 /// The tokenizer the rest of pixellm uses: a checkpoint's tokenizer directory (tokenizer.json preferred,
 /// else tokenizer.model; plus added_tokens.json, special_tokens_map.json and tokenizer_config.json when

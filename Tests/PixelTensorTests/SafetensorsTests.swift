@@ -4,36 +4,9 @@ import XCTest
 
 /// safetensors reading and writing against files written by the official Python writers
 /// (tools/fixtures/safetensors_files.py), plus malformed files built here byte by byte.
-final class SafetensorsTests: XCTestCase {
-    static let dir: String = {
-        guard let u = Bundle.module.url(forResource: "Fixtures/safetensors", withExtension: nil) else {
-            fatalError("Fixtures/safetensors missing: run tools/fixtures/safetensors_files.py")
-        }
-        return u.path
-    }()
-    static var expectedPath: String { dir + "/expected.h5" }
-    static func fixture(_ name: String) -> String { dir + "/" + name }
-
-    var tmp = ""
-
-    override func setUpWithError() throws {
-        tmp = NSTemporaryDirectory() + "pixellm-safetensors-\(getpid())-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: tmp)
-    }
-
-    func expected(_ group: String, _ name: String) throws -> Tensor {
-        try TensorFile.read(Self.expectedPath, name: "\(group)/\(name)")
-    }
-
-    /// Same shape and the same bits in every element (so -0.0 and NaN payloads count).
-    func assertBitsEqual(_ a: Tensor, _ b: Tensor, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(a.shape, b.shape, "\(what): shape", file: file, line: line)
-        XCTAssertEqual(a.toArray().map(\.bitPattern), b.toArray().map(\.bitPattern), "\(what): values", file: file, line: line)
-    }
+final class SafetensorsTests: CheckpointTestCase {
+    override class var fixtureName: String { "safetensors" }
+    override class var fixtureScript: String { "tools/fixtures/safetensors_files.py" }
 
     // MARK: reading official files
 
@@ -275,18 +248,9 @@ final class SafetensorsTests: XCTestCase {
         "\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":[\(shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(b),\(e)]}"
     }
 
-    /// Expects `body` to throw a SafetensorsError of `kind` whose description contains every string in `mentions`.
     func assertThrows(_ kind: SafetensorsError.Kind, _ mentions: [String], file: StaticString = #filePath, line: UInt = #line,
                       _ body: () throws -> Void) {
-        do {
-            try body()
-            XCTFail("expected a \(kind) error", file: file, line: line)
-        } catch let e as SafetensorsError {
-            XCTAssertEqual(e.kind, kind, "\(e)", file: file, line: line)
-            for m in mentions { XCTAssertTrue(e.description.contains(m), "'\(e)' does not mention '\(m)'", file: file, line: line) }
-        } catch {
-            XCTFail("unexpected error \(error)", file: file, line: line)
-        }
+        assertCheckpointError(kind, mentions, file: file, line: line, body)
     }
 
     func assertOpenFails(_ path: String, _ kind: SafetensorsError.Kind, _ mentions: [String],

@@ -4,48 +4,14 @@ import XCTest
 
 /// PyTorch `.bin` reading against files written by torch.save (tools/fixtures/torch_bin.py), plus damaged
 /// and hostile files: the fixture's, and ones built here byte by byte.
-final class TorchBinTests: XCTestCase {
-    static let dir: String = {
-        guard let u = Bundle.module.url(forResource: "Fixtures/torch_bin", withExtension: nil) else {
-            fatalError("Fixtures/torch_bin missing: run tools/fixtures/torch_bin.py")
-        }
-        return u.path
-    }()
-    static var expectedPath: String { dir + "/expected.h5" }
-    static func fixture(_ name: String) -> String { dir + "/" + name }
+final class TorchBinTests: CheckpointTestCase {
+    override class var fixtureName: String { "torch_bin" }
+    override class var fixtureScript: String { "tools/fixtures/torch_bin.py" }
     static var safetensorsDir: String { (dir as NSString).deletingLastPathComponent + "/safetensors" }
-
-    var tmp = ""
-
-    override func setUpWithError() throws {
-        tmp = NSTemporaryDirectory() + "pixellm-torchbin-\(getpid())-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: tmp)
-    }
-
-    func expected(_ group: String, _ name: String) throws -> Tensor {
-        try TensorFile.read(Self.expectedPath, name: "\(group)/\(name)")
-    }
-
-    func assertBitsEqual(_ a: Tensor, _ b: Tensor, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(a.shape, b.shape, "\(what): shape", file: file, line: line)
-        XCTAssertEqual(a.toArray().map(\.bitPattern), b.toArray().map(\.bitPattern), "\(what): values", file: file, line: line)
-    }
 
     func assertThrows(_ kind: TorchBinError.Kind, _ mentions: [String], file: StaticString = #filePath, line: UInt = #line,
                       _ body: () throws -> Void) {
-        do {
-            try body()
-            XCTFail("expected a \(kind) error", file: file, line: line)
-        } catch let e as TorchBinError {
-            XCTAssertEqual(e.kind, kind, "\(e)", file: file, line: line)
-            for m in mentions { XCTAssertTrue(e.description.contains(m), "'\(e)' does not mention '\(m)'", file: file, line: line) }
-        } catch {
-            XCTFail("unexpected error \(error)", file: file, line: line)
-        }
+        assertCheckpointError(kind, mentions, file: file, line: line, body)
     }
 
     func assertOpenFails(_ path: String, _ kind: TorchBinError.Kind, _ mentions: [String],

@@ -1,0 +1,90 @@
+import Foundation
+
+private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
+
+/// Atomic file replacement: the content goes to `<path>.tmp-<pid>-<n>` (unique per process and call),
+/// which is fsynced and renamed over `path`, and then the directory is fsynced. On any error the
+/// temporary file is removed and `path` is left as it was. Failures are reported through `error` (the
+/// caller's error type: the file is always `path`, the message names the temporary file and the call
+/// that failed); errors thrown by the caller's own closures pass through unchanged.
+public enum AtomicFile {
+    public typealias MakeError = (_ file: String, _ message: String) -> Error
+
+    public static func defaultError(_ file: String, _ message: String) -> Error { TensorFileError(file: file, message: message) }
+
+    private final class Counter: @unchecked Sendable {
+        private var value = 0
+        private let lock = NSLock()
+        func next() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value }
+    }
+    private static let counter = Counter()
+
+    private static func reason() -> String { String(cString: strerror(errno)) }
+
+    /// Writes through file descriptor `fd` to the temporary file, retrying short writes and EINTR.
+    public struct Writer {
+        let fd: Int32
+        let path: String
+        let tmp: String
+        let error: MakeError
+
+        public func write(_ bytes: UnsafeRawBufferPointer) throws {
+            var done = 0
+            while done < bytes.count {
+                let r = posixWrite(fd, bytes.baseAddress! + done, bytes.count - done)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    throw error(path, "write to \(tmp) failed: \(reason())")
+                }
+                done += r
+            }
+        }
+
+        public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
+    }
+
+    /// `create` makes the file at the temporary path it is given (by any means: a library that opens it
+    /// by name, ...); the file is then fsynced and renamed over `path`.
+    public static func replace(_ path: String, error: MakeError = defaultError, _ create: (_ tmp: String) throws -> Void) throws {
+        let tmp = "\(path).tmp-\(getpid())-\(counter.next())"
+        do {
+            try create(tmp)
+            let fd = open(tmp, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw error(path, "cannot reopen \(tmp): \(reason())") }
+            let synced = fsync(fd) == 0
+            let why = reason()
+            close(fd)
+            guard synced else { throw error(path, "fsync of \(tmp) failed: \(why)") }
+            guard rename(tmp, path) == 0 else { throw error(path, "rename from \(tmp) failed: \(reason())") }
+        } catch let e {
+            unlink(tmp)
+            throw e
+        }
+        fsyncDirectory(containing: path)
+    }
+
+    /// Writes the file's bytes through `body`.
+    public static func write(_ path: String, error: MakeError = defaultError, _ body: (Writer) throws -> Void) throws {
+        try replace(path, error: error) { tmp in
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw error(path, "cannot create \(tmp): \(reason())") }
+            var closed = false
+            defer { if !closed { close(fd) } }
+            try withoutActuallyEscaping(error) { try body(Writer(fd: fd, path: path, tmp: tmp, error: $0)) }
+            closed = true
+            guard close(fd) == 0 else { throw error(path, "close of \(tmp) failed: \(reason())") }
+        }
+    }
+
+    /// Writes `bytes` as the whole file.
+    public static func write(_ bytes: [UInt8], to path: String, error: MakeError = defaultError) throws {
+        try write(path, error: error) { try $0.write(bytes) }
+    }
+
+    /// fsync of the directory holding `path` (after a rename into it); failures are ignored.
+    public static func fsyncDirectory(containing path: String) {
+        let dir = (path as NSString).deletingLastPathComponent
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+}
