@@ -209,12 +209,6 @@ enum H5 {
     }
 }
 
-/// fsync of a directory (after a rename into it).
-func fsyncDirectory(_ dir: String) {
-    let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if dfd >= 0 { fsync(dfd); close(dfd) }
-}
-
 // MARK: - writer
 
 /// Writes one shard: samples are appended (the image immediately, the rest kept in memory), `finish()` writes
@@ -352,7 +346,7 @@ public final class ShardWriter {
             unlink(tmp)
             throw ShardError(file: path, "rename from \(tmp) failed: \(e)")
         }
-        fsyncDirectory((path as NSString).deletingLastPathComponent)
+        AtomicFile.fsyncDirectory(containing: path)
     }
 
     /// Drops the temporary file (nothing appears under `path`).
