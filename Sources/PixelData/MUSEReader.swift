@@ -37,6 +37,77 @@ enum ReaderJSON {
         }
     }
 
+    /// The byte ranges of the elements of a top-level JSON list, found without building the document: the
+    /// scanner follows strings (with escapes) and nesting only. Each element is parsed on its own later, so a
+    /// multi-GB index file costs its (mapped) bytes plus one range per element, not a Foundation object tree.
+    /// Structure errors (not a list, unterminated, trailing bytes) are DatasetErrors naming the file.
+    static func listElementRanges(_ data: Data, file: String) throws -> [Range<Int>] {
+        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [Range<Int>] in
+            let b = raw.bindMemory(to: UInt8.self)
+            let n = b.count
+            func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
+            var i = 0
+            if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }  // UTF-8 BOM
+            while i < n && isSpace(b[i]) { i += 1 }
+            guard i < n, b[i] == UInt8(ascii: "[") else {
+                throw DatasetError(file: file, "the top level is not a list of image records")
+            }
+            i += 1
+            var ranges: [Range<Int>] = []
+            var depth = 0, start = -1
+            var inString = false, escaped = false
+            while i < n {
+                let c = b[i]
+                if inString {
+                    if escaped { escaped = false } else if c == UInt8(ascii: "\\") { escaped = true } else if c == UInt8(ascii: "\"") { inString = false }
+                    i += 1
+                    continue
+                }
+                switch c {
+                case UInt8(ascii: "\""):
+                    inString = true
+                    if depth == 0 && start < 0 { start = i }
+                case UInt8(ascii: "["), UInt8(ascii: "{"):
+                    if depth == 0 && start < 0 { start = i }
+                    depth += 1
+                case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                    if depth == 0 {
+                        guard c == UInt8(ascii: "]") else { throw DatasetError(file: file, "not valid JSON (unbalanced '}' at byte \(i))") }
+                        if start >= 0 { ranges.append(start..<i) }
+                        i += 1
+                        while i < n && isSpace(b[i]) { i += 1 }
+                        if i < n { throw DatasetError(file: file, "not valid JSON (bytes after the top-level list at byte \(i))") }
+                        return ranges.map { r in
+                            var e = r.upperBound
+                            while e > r.lowerBound && isSpace(b[e - 1]) { e -= 1 }
+                            return r.lowerBound..<e
+                        }
+                    }
+                    depth -= 1
+                case UInt8(ascii: ","):
+                    if depth == 0 {
+                        guard start >= 0 else { throw DatasetError(file: file, "not valid JSON (empty list element before byte \(i))") }
+                        ranges.append(start..<i)
+                        start = -1
+                    }
+                default:
+                    if depth == 0 && start < 0 && !isSpace(c) { start = i }
+                }
+                i += 1
+            }
+            throw DatasetError(file: file, "not valid JSON (the top-level list is not terminated: truncated file?)")
+        }
+    }
+
+    /// Parses one element's bytes (UTF-8, or cp1252 as the reference retries); errors name the file and entry.
+    static func parseElement(_ bytes: Data, file: String, entry: Int) throws -> Any {
+        do { return try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed]) } catch {
+            if let s = String(data: bytes, encoding: .windowsCP1252), let d = s.data(using: .utf8),
+               let v = try? JSONSerialization.jsonObject(with: d, options: [.fragmentsAllowed]) { return v }
+            throw DatasetError(file: file, "entry \(entry): not valid JSON (\(error.localizedDescription))")
+        }
+    }
+
     /// An integer (JSON numbers with an integral value; not booleans).
     static func int(_ v: Any?) -> Int? {
         guard let n = v as? NSNumber, !isBool(n) else { return nil }
@@ -85,7 +156,7 @@ public final class MUSEReader: DatasetReader {
     public private(set) var indexSkips = SkipLog()
     public var count: Int { entries.count }
 
-    /// One kept image: its raw position in the json and the parsed record.
+    /// One image record: its raw position in the json and the parsed fields.
     struct Entry {
         var raw: Int
         var imagePath: String
@@ -97,7 +168,15 @@ public final class MUSEReader: DatasetReader {
         /// Questions whose text answer is ignored (val/test with a `{seg}` mismatch): answer from the names.
         var ignoreText: Set<Int>
     }
-    let entries: [Entry]
+    /// A kept image: its raw position, the byte range of its record in the json, and the questions whose text
+    /// answer is ignored. The record is parsed again when the sample is built.
+    struct Kept {
+        var raw: Int
+        var range: Range<Int>
+    }
+    let entries: [Kept]
+    /// The index file's bytes (memory-mapped).
+    let bytes: Data
 
     public init(datasetDir: String, split: String, options: ReaderOptions = ReaderOptions()) throws {
         let dir = ReaderJSON.absolute(datasetDir)
@@ -112,13 +191,32 @@ public final class MUSEReader: DatasetReader {
         let candidates = ["\(dir)/muse/\(name)", "\(dir)/\(name)"]
         let file = candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
         self.indexFile = file
-        guard let list = try ReaderJSON.load(file) as? [Any] else {
-            throw DatasetError(file: file, "the top level is not a list of image records")
+        guard FileManager.default.fileExists(atPath: file) else { throw DatasetError(file: file, "file not found") }
+        do { bytes = try Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped) } catch {
+            throw DatasetError(file: file, "cannot read: \(error.localizedDescription)")
         }
-        var kept: [Entry] = []
+        let ranges = try ReaderJSON.listElementRanges(bytes, file: file)
+        var kept: [Kept] = []
         var skips = SkipLog()
+        for (k, range) in ranges.enumerated() {
+            let parsed = try Self.parseEntry(ReaderJSON.parseElement(bytes.subdata(in: range), file: file, entry: k), k: k, file: file,
+                                             datasetDir: dir, split: split)
+            switch parsed {
+            case .skip(let s): skips.record(s)
+            case .keep: kept.append(Kept(raw: k, range: range))
+            }
+        }
+        self.entries = kept
+        self.indexSkips = skips
+    }
+
+    enum Parsed { case keep(Entry), skip(SampleSkip) }
+
+    /// Validates one image record and extracts its fields; malformed records are DatasetErrors naming the entry,
+    /// records the reference would redraw are skips.
+    static func parseEntry(_ item: Any, k: Int, file: String, datasetDir dir: String, split: String) throws -> Parsed {
         let coco = dir + "/refer_seg/images/mscoco/images"
-        for (k, item) in list.enumerated() {
+        do {
             func bad(_ what: String) -> DatasetError { DatasetError(file: file, "entry \(k): \(what)") }
             guard let r = item as? [String: Any] else { throw bad("is \(ReaderJSON.typeName(item)), not a dict") }
             let imagePath: String
@@ -171,12 +269,10 @@ public final class MUSEReader: DatasetReader {
             }
             let base = ReaderJSON.basename(file)
             if anns.isEmpty {
-                skips.record(SampleSkip(file: file, "empty ann_list: \(base) entry \(k) has no annotations (the reference draws another image)"))
-                continue
+                return .skip(SampleSkip(file: file, "empty ann_list: \(base) entry \(k) has no annotations (the reference draws another image)"))
             }
             if questions.isEmpty {
-                skips.record(SampleSkip(file: file, "no questions: \(base) entry \(k) has an empty question list"))
-                continue
+                return .skip(SampleSkip(file: file, "no questions: \(base) entry \(k) has an empty question list"))
             }
             var ignoreText = Set<Int>()
             var mismatch: String?
@@ -189,25 +285,33 @@ public final class MUSEReader: DatasetReader {
                 }
             }
             if let m = mismatch, split == "train" {
-                skips.record(SampleSkip(file: file, "{seg} count differs from the answers: \(m) (the whole image is dropped, as the reference)"))
-                continue
+                return .skip(SampleSkip(file: file, "{seg} count differs from the answers: \(m) (the whole image is dropped, as the reference)"))
             }
-            kept.append(Entry(raw: k, imagePath: imagePath, height: h, width: w, questions: questions, answers: answers,
-                              textAnswers: texts, ignoreText: ignoreText))
+            return .keep(Entry(raw: k, imagePath: imagePath, height: h, width: w, questions: questions, answers: answers,
+                               textAnswers: texts, ignoreText: ignoreText))
         }
-        self.entries = kept
-        self.indexSkips = skips
     }
 
     /// The raw json position of item `index`.
     public func rawIndex(_ index: Int) -> Int? { entries.indices.contains(index) ? entries[index].raw : nil }
+
+    /// The parsed record of item `index` (parsed again from its bytes).
+    func entry(_ index: Int) throws -> Entry {
+        let kept = entries[index]
+        let item = try ReaderJSON.parseElement(bytes.subdata(in: kept.range), file: indexFile, entry: kept.raw)
+        guard case .keep(let e) = try Self.parseEntry(item, k: kept.raw, file: indexFile, datasetDir: datasetDir, split: split) else {
+            throw SampleSkip(file: indexFile, "entry \(kept.raw) changed since the index was read")
+        }
+        return e
+    }
 
     public func sample(_ index: Int, seed: UInt64) throws -> DataSample {
         let base = ReaderJSON.basename(indexFile)
         guard entries.indices.contains(index) else {
             throw SampleSkip(file: indexFile, "index out of range: \(index) not in 0..<\(count)")
         }
-        let e = entries[index]
+        let e: Entry
+        do { e = try entry(index) } catch let d as DatasetError { throw SampleSkip(file: d.file, d.message) }
         let src = "\(base) entry \(e.raw)"
         guard FileManager.default.fileExists(atPath: e.imagePath) else {
             throw SampleSkip(file: e.imagePath, "missing image: \(src) names an image that does not exist")

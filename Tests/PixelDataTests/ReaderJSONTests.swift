@@ -1,0 +1,44 @@
+import Foundation
+import XCTest
+@testable import PixelData
+
+/// The top-level list scanner the MUSE reader indexes its json with (elements parsed one at a time).
+final class ReaderJSONTests: XCTestCase {
+    func ranges(_ s: String) throws -> [String] {
+        let d = Data(s.utf8)
+        return try ReaderJSON.listElementRanges(d, file: "x.json").map { String(decoding: d.subdata(in: $0), as: UTF8.self) }
+    }
+
+    func testElementsAreFoundAsJSONSerializationSeesThem() throws {
+        let doc = """
+        \u{FEFF}  [ {"a": "x],}[{\\"", "b": [1, {"c": "\\\\"}]} ,
+          [ ] , "s,]\\u005d" ,12.5e3, true,null , {"nested": {"deep": [[["]"]]]}} ]\n
+        """
+        let got = try ranges(doc)
+        XCTAssertEqual(got.count, 7)
+        let whole = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(doc.utf8.dropFirst(3))) as? [Any])
+        for (k, (text, want)) in zip(got, whole).enumerated() {
+            let one = try ReaderJSON.parseElement(Data(text.utf8), file: "x.json", entry: k)
+            XCTAssertEqual(String(describing: one), String(describing: want), "element \(k): \(text)")
+        }
+        XCTAssertEqual(try ranges("[]"), [])
+        XCTAssertEqual(try ranges(" [ ] "), [])
+    }
+
+    func testStructureErrorsNameTheFile() {
+        func expect(_ s: String, _ words: [String]) {
+            XCTAssertThrowsError(try ranges(s)) { e in
+                for w in ["x.json"] + words { XCTAssertTrue("\(e)".contains(w), "\(e) lacks \(w)") }
+            }
+        }
+        expect("{\"a\": 1}", ["not a list"])
+        expect("[{\"a\": 1}, {\"b\": ", ["not terminated", "truncated"])
+        expect("[1, 2] x", ["bytes after the top-level list"])
+        expect("[1, , 2]", ["empty list element"])
+        expect("[1 }", ["unbalanced"])
+        expect("[\"unterminated]", ["not terminated"])
+        XCTAssertThrowsError(try ReaderJSON.parseElement(Data("{\"a\": }".utf8), file: "x.json", entry: 4)) { e in
+            XCTAssertTrue("\(e)".contains("x.json") && "\(e)".contains("entry 4"), "\(e)")
+        }
+    }
+}
