@@ -99,6 +99,21 @@ enum ReaderJSON {
         }
     }
 
+    /// Calls `body` with each element of the top-level list in `path`, parsed one at a time (the file is mapped,
+    /// not turned into one object tree). `what` names the elements in the "not a list" error.
+    static func forEachListElement(_ path: String, what: String, _ body: (Int, Any) throws -> Void) throws {
+        guard FileManager.default.fileExists(atPath: path) else { throw DatasetError(file: path, "file not found") }
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+            throw DatasetError(file: path, "cannot read: \(error.localizedDescription)")
+        }
+        let ranges: [Range<Int>]
+        do { ranges = try listElementRanges(data, file: path) } catch let e as DatasetError where e.message.hasPrefix("the top level") {
+            throw DatasetError(file: path, "the top level is not a list of \(what)")
+        }
+        for (k, r) in ranges.enumerated() { try body(k, try parseElement(data.subdata(in: r), file: path, entry: k)) }
+    }
+
     /// Parses one element's bytes (UTF-8, or cp1252 as the reference retries); errors name the file and entry.
     static func parseElement(_ bytes: Data, file: String, entry: Int) throws -> Any {
         do { return try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed]) } catch {

@@ -29,12 +29,8 @@ public final class VQAReader: DatasetReader {
         self.subset = stem
         let path = "\(dir)/llava_dataset/\(stem).json"
         self.indexFile = path
-        guard let list = try ReaderJSON.load(path) as? [Any] else {
-            throw DatasetError(file: path, "the top level is not a list of conversations")
-        }
         var out: [Item] = []
-        out.reserveCapacity(list.count)
-        for (k, e) in list.enumerated() {
+        try ReaderJSON.forEachListElement(path, what: "conversations") { k, e in
             func bad(_ what: String) -> DatasetError { DatasetError(file: path, "entry \(k): \(what)") }
             guard let d = e as? [String: Any] else { throw bad("is \(ReaderJSON.typeName(e)), not a dict") }
             guard let img = d["image"] as? String, !img.isEmpty else { throw bad("'image' is \(ReaderJSON.typeName(d["image"])), not a file name") }
