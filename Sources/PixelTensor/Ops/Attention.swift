@@ -28,8 +28,24 @@ enum SoftmaxKernel {
     static func forwardRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, mask: UnsafePointer<Float>?, maskInc: Int, limit: Int) {
         typealias V = VectorMath.V
         var mx = -Float.infinity
-        if let mask {
+        if let mask, maskInc != 1 {
             for j in 0..<limit { let v = p[j] + mask[j * maskInc]; p[j] = v; mx = max(mx, v) }
+        } else if let mask {
+            // contiguous mask row (a key-padding mask): add and take the max in SIMD8 blocks
+            var j = 0
+            if limit >= 8 {
+                var m8 = VectorMath.load(p) + VectorMath.load(mask)
+                VectorMath.store(m8, p)
+                j = 8
+                while j + 8 <= limit {
+                    let v = VectorMath.load(p + j) + VectorMath.load(mask + j)
+                    VectorMath.store(v, p + j)
+                    m8 = pointwiseMax(m8, v)
+                    j += 8
+                }
+                mx = m8.max()
+            }
+            while j < limit { let v = p[j] + mask[j]; p[j] = v; mx = max(mx, v); j += 1 }
         } else {
             var j = 0
             if limit >= 8 {
