@@ -162,6 +162,7 @@ final class VectorMathTests: XCTestCase {
         assertAllBitIdentical(grads { a, b in a.quickGelu() + b.silu() }, "quickGelu/silu")
         assertAllBitIdentical(grads { a, b in a.sigmoid() * b }, "sigmoid")
         assertAllBitIdentical(grads { a, b in swiglu(a, b) }, "swiglu")
+        assertAllBitIdentical(grads { a, b in a.gelu() * b }, "gelu")
     }
 
     func testThreadedSoftmaxAttentionAndLossesAreBitIdentical() {

@@ -61,16 +61,21 @@ enum GELUKernel {
     static let invSqrt2Pi: Float = 0.39894228040143268
 
     /// out [n], x [n]
+    /// (erf stays the libm scalar; long arrays are split over threads, element results unchanged)
     static func forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { out[i] = 0.5 * x[i] * (1 + Foundation.erf(x[i] * invSqrt2)) }
+        Parallel.forChunks(n, cost: 40) { lo, hi in
+            for i in lo..<hi { out[i] = 0.5 * x[i] * (1 + Foundation.erf(x[i] * invSqrt2)) }
+        }
     }
     /// dx [n] (+=), dout [n], x [n]:  d/dx = Phi(x) + x phi(x)
     static func backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            let v = x[i]
-            let cdf = 0.5 * (1 + Foundation.erf(v * invSqrt2))
-            let pdf = invSqrt2Pi * Foundation.exp(-0.5 * v * v)
-            dx[i] += dout[i] * (cdf + v * pdf)
+        Parallel.forChunks(n, cost: 60) { lo, hi in
+            for i in lo..<hi {
+                let v = x[i]
+                let cdf = 0.5 * (1 + Foundation.erf(v * invSqrt2))
+                let pdf = invSqrt2Pi * Foundation.exp(-0.5 * v * v)
+                dx[i] += dout[i] * (cdf + v * pdf)
+            }
         }
     }
 }

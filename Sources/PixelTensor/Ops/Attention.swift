@@ -40,7 +40,7 @@ enum SoftmaxKernel {
                 while j + 8 <= limit {
                     let v = VectorMath.load(p + j) + VectorMath.load(mask + j)
                     VectorMath.store(v, p + j)
-                    m8 = pointwiseMax(m8, v)
+                    m8 = VectorMath.max(m8, v)
                     j += 8
                 }
                 mx = m8.max()
@@ -51,7 +51,7 @@ enum SoftmaxKernel {
             if limit >= 8 {
                 var m8 = VectorMath.load(p)
                 j = 8
-                while j + 8 <= limit { m8 = pointwiseMax(m8, VectorMath.load(p + j)); j += 8 }
+                while j + 8 <= limit { m8 = VectorMath.max(m8, VectorMath.load(p + j)); j += 8 }
                 mx = m8.max()
             }
             while j < limit { mx = max(mx, p[j]); j += 1 }

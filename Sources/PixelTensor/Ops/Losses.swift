@@ -133,7 +133,7 @@ public enum BCEWithLogitsOp {
         @inline(__always) func term(_ x: V, _ y: V) -> V {
             let zero = V(repeating: 0)
             let negAbs = x.replacing(with: -x, where: x .> zero)
-            return (pointwiseMax(x, zero) - x * y) + VectorMath.log1pNonNegative(VectorMath.exp(negAbs))
+            return (VectorMath.max(x, zero) - x * y) + VectorMath.log1pNonNegative(VectorMath.exp(negAbs))
         }
         return BlockSum.sum(n, cost: 40) { lo, hi in
             var s = 0.0, i = lo

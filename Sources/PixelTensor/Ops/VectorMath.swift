@@ -25,6 +25,10 @@ public enum VectorMath {
     @inline(__always) static func bits(_ v: V) -> VI { unsafeBitCast(v, to: VI.self) }
     @inline(__always) static func float(_ v: VI) -> V { unsafeBitCast(v, to: V.self) }
 
+    /// Lane-wise max (b where b >= a), inlined (the stdlib's generic pointwiseMax is an out-of-line call).
+    @inline(__always)
+    public static func max(_ a: V, _ b: V) -> V { a.replacing(with: b, where: b .>= a) }
+
     @inline(__always)
     static func load(_ p: UnsafePointer<Float>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
 
