@@ -60,16 +60,17 @@ enum SoftmaxKernel {
             p.update(repeating: 0, count: n)
             return
         }
-        // exp(p - mx) in SIMD8 blocks; each block's sum is added to the Double total
-        var sum = 0.0
+        // exp(p - mx) in SIMD8 blocks, summed by LaneSum (Float lanes over <= 16 blocks, then Double)
+        var lanes = VectorMath.LaneSum()
         let m = V(repeating: mx)
         var j = 0
         while j + 8 <= limit {
             let e = VectorMath.exp(VectorMath.load(p + j) - m)
             VectorMath.store(e, p + j)
-            sum += Double(e.sum())
+            lanes.add(e)
             j += 8
         }
+        var sum = lanes.value()
         if j < limit {
             let e = VectorMath.exp(VectorMath.loadPartial(p + j, limit - j) - m)
             VectorMath.storePartial(e, p + j, limit - j)

@@ -41,7 +41,9 @@ public enum CrossEntropyOp {
             var s = 0.0
             let mv = VectorMath.V(repeating: m)
             var c = 0
-            while c + 8 <= C { s += Double(VectorMath.exp(VectorMath.load(row + c) - mv).sum()); c += 8 }
+            var lanes = VectorMath.LaneSum()
+            while c + 8 <= C { lanes.add(VectorMath.exp(VectorMath.load(row + c) - mv)); c += 8 }
+            s = lanes.value()
             while c < C { s += Double(Foundation.exp(row[c] - m)); c += 1 }
             lse[n] = Double(m) + Foundation.log(s)
             loss[n] = lse[n] - Double(row[t[n]])
@@ -136,13 +138,14 @@ public enum BCEWithLogitsOp {
             return (VectorMath.max(x, zero) - x * y) + VectorMath.log1pNonNegative(VectorMath.exp(negAbs))
         }
         return BlockSum.sum(n, cost: 40) { lo, hi in
-            var s = 0.0, i = lo
+            var lanes = VectorMath.LaneSum(), i = lo
             while i + 8 <= hi {
                 let l = term(VectorMath.load(x + i), VectorMath.load(y + i))
                 if let loss { VectorMath.store(l, loss + i) }
-                s += Double(l.sum())
+                lanes.add(l)
                 i += 8
             }
+            var s = lanes.value()
             if i < hi {
                 let l = term(VectorMath.loadPartial(x + i, hi - i), VectorMath.loadPartial(y + i, hi - i))
                 if let loss { VectorMath.storePartial(l, loss + i, hi - i) }
@@ -248,14 +251,15 @@ public enum DiceLossOp {
             defer { part.deallocate() }
             Parallel.forRows(nb, rowCost: BlockSum.block * 24) { lo, hi in
                 for b in lo..<hi {
-                    var a0 = 0.0, a1 = 0.0, a2 = 0.0
+                    var l0 = VectorMath.LaneSum(), l1 = VectorMath.LaneSum(), l2 = VectorMath.LaneSum()
                     var j = b * BlockSum.block
                     let end = min(P, (b + 1) * BlockSum.block)
                     while j + 8 <= end {
                         let p = VectorMath.sigmoid(VectorMath.load(xm + j)), t = VectorMath.load(ym + j)
-                        a0 += Double((p * t).sum()); a1 += Double(p.sum()); a2 += Double(t.sum())
+                        l0.add(p * t); l1.add(p); l2.add(t)
                         j += 8
                     }
+                    var a0 = l0.value(), a1 = l1.value(), a2 = l2.value()
                     if j < end {
                         let p = VectorMath.sigmoid(VectorMath.loadPartial(xm + j, end - j))
                         for k in 0..<(end - j) {

@@ -132,6 +132,39 @@ public enum VectorMath {
         return V(repeating: 1).replacing(with: e, where: neg) / d
     }
 
+    /// A running sum of SIMD8 blocks: the lanes accumulate in Float over at most 16 blocks, then are added
+    /// to a Double total (a horizontal sum per block costs more than the exp that made it).
+    public struct LaneSum {
+        @usableFromInline var acc = V(repeating: 0)
+        @usableFromInline var count = 0
+        @usableFromInline var total = 0.0
+
+        @inlinable public init() {}
+
+        @inline(__always)
+        public mutating func add(_ v: V) {
+            acc += v
+            count += 1
+            if count == 16 { flush() }
+        }
+
+        @inline(__always)
+        public mutating func flush() {
+            var s = 0.0
+            for i in 0..<8 { s += Double(acc[i]) }
+            total += s
+            acc = V(repeating: 0)
+            count = 0
+        }
+
+        /// The total so far (flushes).
+        @inline(__always)
+        public mutating func value() -> Double {
+            flush()
+            return total
+        }
+    }
+
     // MARK: elementwise maps (SIMD8 blocks, split over threads for long arrays)
 
     /// out[i] = f(a[i]) lane-wise over 8-element blocks (the last block padded with `fill`); out may alias a.
