@@ -43,6 +43,13 @@ public enum BLAS {
     public static func setThreads(_ n: Int) {
         ensureLoaded()
         pixel_blas_set_num_threads(Int32(n))
+        Parallel.workers = max(1, n)
+    }
+
+    /// OpenBLAS's thread count (loads the library).
+    public static var threadCount: Int {
+        ensureLoaded()
+        return Int(pixel_blas_num_threads())
     }
 
     /// Row-major SGEMM: C = alpha * op(A) * op(B) + beta * C, op(A) is M x K, op(B) is K x N.

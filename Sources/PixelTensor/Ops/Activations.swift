@@ -24,28 +24,33 @@ enum ReLUKernel {
 }
 
 enum SigmoidKernel {
+    typealias V = VectorMath.V
     /// out [n], x [n]
     static func forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { out[i] = stableSigmoid(x[i]) }
+        VectorMath.sigmoid(out, x, n)
     }
     /// dx [n] (+=), dout [n], y [n] (the forward output): dx = g y (1 - y)
     static func backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { dx[i] += dout[i] * y[i] * (1 - y[i]) }
+        VectorMath.map(dx, dx, dout, y, n, cost: 3) { d, g, y in d + g * y * (V(repeating: 1) - y) }
     }
 }
 
 /// x * sigmoid(alpha x): SiLU for alpha = 1, CLIP's quick_gelu for alpha = 1.702.
 enum SiLUKernel {
+    typealias V = VectorMath.V
     /// out [n], x [n]
     static func forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int, alpha: Float) {
-        for i in 0..<n { out[i] = x[i] * stableSigmoid(alpha * x[i]) }
+        let a = V(repeating: alpha)
+        VectorMath.map(out, x, n, cost: 22) { x in x * VectorMath.sigmoid(a * x) }
     }
     /// dx [n] (+=), dout [n], x [n]:  d/dx = s + alpha x s (1 - s),  s = sigmoid(alpha x)
     static func backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                          _ n: Int, alpha: Float) {
-        for i in 0..<n {
-            let s = stableSigmoid(alpha * x[i])
-            dx[i] += dout[i] * (s + alpha * x[i] * s * (1 - s))
+        let a = V(repeating: alpha)
+        VectorMath.map(dx, dx, dout, x, n, cost: 26) { d, g, x in
+            let ax = a * x
+            let s = VectorMath.sigmoid(ax)
+            return d + g * (s + ax * s * (V(repeating: 1) - s))
         }
     }
 }
@@ -56,33 +61,43 @@ enum GELUKernel {
     static let invSqrt2Pi: Float = 0.39894228040143268
 
     /// out [n], x [n]
+    /// (erf stays the libm scalar; long arrays are split over threads, element results unchanged)
     static func forward(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { out[i] = 0.5 * x[i] * (1 + Foundation.erf(x[i] * invSqrt2)) }
+        Parallel.forChunks(n, cost: 40) { lo, hi in
+            for i in lo..<hi { out[i] = 0.5 * x[i] * (1 + Foundation.erf(x[i] * invSqrt2)) }
+        }
     }
     /// dx [n] (+=), dout [n], x [n]:  d/dx = Phi(x) + x phi(x)
     static func backward(_ dx: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            let v = x[i]
-            let cdf = 0.5 * (1 + Foundation.erf(v * invSqrt2))
-            let pdf = invSqrt2Pi * Foundation.exp(-0.5 * v * v)
-            dx[i] += dout[i] * (cdf + v * pdf)
+        Parallel.forChunks(n, cost: 60) { lo, hi in
+            for i in lo..<hi {
+                let v = x[i]
+                let cdf = 0.5 * (1 + Foundation.erf(v * invSqrt2))
+                let pdf = invSqrt2Pi * Foundation.exp(-0.5 * v * v)
+                dx[i] += dout[i] * (cdf + v * pdf)
+            }
         }
     }
 }
 
 /// out = silu(gate) * up.
 enum SwiGLUKernel {
+    typealias V = VectorMath.V
     /// out [n], gate [n], up [n]
     static func forward(_ out: UnsafeMutablePointer<Float>, _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { out[i] = gate[i] * stableSigmoid(gate[i]) * up[i] }
+        VectorMath.map(out, gate, up, n, cost: 22) { a, u in a * VectorMath.sigmoid(a) * u }
     }
     /// dgate [n] (+=, optional), dup [n] (+=, optional), dout [n], gate [n], up [n]
     static func backward(_ dgate: UnsafeMutablePointer<Float>?, _ dup: UnsafeMutablePointer<Float>?, _ dout: UnsafePointer<Float>,
                          _ gate: UnsafePointer<Float>, _ up: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n {
-            let a = gate[i], s = stableSigmoid(a)
-            if let dup { dup[i] += dout[i] * a * s }
-            if let dgate { dgate[i] += dout[i] * up[i] * (s + a * s * (1 - s)) }
+        if let dup {
+            VectorMath.map(dup, dup, dout, gate, n, cost: 22) { d, g, a in d + g * a * VectorMath.sigmoid(a) }
+        }
+        if let dgate {
+            VectorMath.map(dgate, dgate, dout, gate, up, n, cost: 26) { d, g, a, u in
+                let s = VectorMath.sigmoid(a)
+                return d + g * u * (s + a * s * (V(repeating: 1) - s))
+            }
         }
     }
 }

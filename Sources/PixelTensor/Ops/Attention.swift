@@ -26,21 +26,71 @@ enum SoftmaxKernel {
     /// j >= limit; a row without a finite entry becomes all zeros.
     /// p [n] (scores in, probabilities out), mask [n] strided by maskInc or nil, limit in 0...n
     static func forwardRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, mask: UnsafePointer<Float>?, maskInc: Int, limit: Int) {
+        typealias V = VectorMath.V
         var mx = -Float.infinity
-        if let mask {
+        if let mask, maskInc != 1 {
             for j in 0..<limit { let v = p[j] + mask[j * maskInc]; p[j] = v; mx = max(mx, v) }
+        } else if let mask {
+            // contiguous mask row (a key-padding mask): add and take the max in SIMD8 blocks
+            var j = 0
+            if limit >= 8 {
+                var m8 = VectorMath.load(p) + VectorMath.load(mask)
+                VectorMath.store(m8, p)
+                j = 8
+                while j + 8 <= limit {
+                    let v = VectorMath.load(p + j) + VectorMath.load(mask + j)
+                    VectorMath.store(v, p + j)
+                    m8 = VectorMath.max(m8, v)
+                    j += 8
+                }
+                mx = m8.max()
+            }
+            while j < limit { let v = p[j] + mask[j]; p[j] = v; mx = max(mx, v); j += 1 }
         } else {
-            for j in 0..<limit { mx = max(mx, p[j]) }
+            var j = 0
+            if limit >= 8 {
+                var m8 = VectorMath.load(p)
+                j = 8
+                while j + 8 <= limit { m8 = VectorMath.max(m8, VectorMath.load(p + j)); j += 8 }
+                mx = m8.max()
+            }
+            while j < limit { mx = max(mx, p[j]); j += 1 }
         }
         if mx == -Float.infinity {
             p.update(repeating: 0, count: n)
             return
         }
-        var sum = 0.0
-        for j in 0..<limit { let e = Foundation.exp(p[j] - mx); p[j] = e; sum += Double(e) }
+        // exp(p - mx) in SIMD8 blocks, summed by LaneSum (Float lanes over <= 16 blocks, then Double)
+        var lanes = VectorMath.LaneSum()
+        let m = V(repeating: mx)
+        var j = 0
+        while j + 8 <= limit {
+            let e = VectorMath.exp(VectorMath.load(p + j) - m)
+            VectorMath.store(e, p + j)
+            lanes.add(e)
+            j += 8
+        }
+        var sum = lanes.value()
+        if j < limit {
+            let e = VectorMath.exp(VectorMath.loadPartial(p + j, limit - j) - m)
+            VectorMath.storePartial(e, p + j, limit - j)
+            for k in 0..<(limit - j) { sum += Double(e[k]) }
+        }
         let inv = Float(1 / sum)
         for j in 0..<limit { p[j] *= inv }
         if limit < n { (p + limit).update(repeating: 0, count: n - limit) }
+    }
+
+    /// forwardRow over rows [0, rows) of p [rows, n] (row stride n), split over threads for large blocks;
+    /// limit(i) gives row i's causal limit, maskRow the mask's row stride.
+    static func forwardRows(_ p: UnsafeMutablePointer<Float>, rows: Int, _ n: Int, mask: UnsafePointer<Float>?, maskRow: Int,
+                            maskInc: Int, causal: Bool) {
+        Parallel.forRows(rows, rowCost: 20 * n) { lo, hi in
+            for i in lo..<hi {
+                let limit = causal ? causalLimit(row: i, queries: rows, keys: n) : n
+                forwardRow(p + i * n, n, mask: mask.map { $0 + i * maskRow }, maskInc: maskInc, limit: limit)
+            }
+        }
     }
 
     /// One row of the softmax backward: dx[j] (+)= y[j] (g[j] - sum_i g[i] y[i]).
@@ -85,12 +135,18 @@ public func softmax(_ x: Tensor, mask: Tensor? = nil, causal: Bool = false) -> T
         let maskGrad = mask?.requiresGrad == true
         if x.requiresGrad && !maskGrad {
             let dx = x.gradBuffer().ptr
-            for r in 0..<rows { SoftmaxKernel.backwardRow(dx + r * n, out.ptr + r * n, gc.ptr + r * n, n, accumulate: true) }
+            let y = out.ptr, gp = gc.ptr
+            Parallel.forRows(rows, rowCost: 4 * n) { lo, hi in
+                for r in lo..<hi { SoftmaxKernel.backwardRow(dx + r * n, y + r * n, gp + r * n, n, accumulate: true) }
+            }
             return
         }
         // the score gradient is needed as a tensor: for the input and, summed over broadcast axes, the mask
         let ds = Tensor(empty: x.shape)
-        for r in 0..<rows { SoftmaxKernel.backwardRow(ds.ptr + r * n, out.ptr + r * n, gc.ptr + r * n, n, accumulate: false) }
+        let dsp = ds.ptr, y = out.ptr, gp = gc.ptr
+        Parallel.forRows(rows, rowCost: 4 * n) { lo, hi in
+            for r in lo..<hi { SoftmaxKernel.backwardRow(dsp + r * n, y + r * n, gp + r * n, n, accumulate: false) }
+        }
         if x.requiresGrad { x.accumulateGrad(ds) }
         if let mask, maskGrad { mask.accumulateGrad(reduceToShape(ds, mask.shape)) }
     }
@@ -133,10 +189,7 @@ enum AttentionKernel {
                         p: UnsafeMutablePointer<Float>, o: UnsafeMutablePointer<Float>, Tq: Int, Tk: Int, D: Int, Dv: Int) {
         BLAS.sgemm(transA: false, transB: true, M: Tq, N: Tk, K: D, alpha: scale, A: q, lda: ldq, B: k, ldb: ldk,
                    beta: 0, C: p, ldc: Tk)
-        for i in 0..<Tq {
-            let limit = causal ? causalLimit(row: i, queries: Tq, keys: Tk) : Tk
-            SoftmaxKernel.forwardRow(p + i * Tk, Tk, mask: mask.map { $0 + i * maskRow }, maskInc: maskCol, limit: limit)
-        }
+        SoftmaxKernel.forwardRows(p, rows: Tq, Tk, mask: mask, maskRow: maskRow, maskInc: maskCol, causal: causal)
         BLAS.sgemm(transA: false, transB: false, M: Tq, N: Dv, K: Tk, A: p, lda: Tk, B: v, ldb: ldv, beta: 0, C: o, ldc: Dv)
     }
 
@@ -158,7 +211,9 @@ enum AttentionKernel {
         guard dq != nil || dk != nil || dmask != nil else { return }
         BLAS.sgemm(transA: false, transB: true, M: Tq, N: Tk, K: Dv, A: dout, lda: Dv, B: v, ldb: ldv,
                    beta: 0, C: ds, ldc: Tk)
-        for i in 0..<Tq { SoftmaxKernel.backwardRow(ds + i * Tk, p + i * Tk, ds + i * Tk, Tk, accumulate: false) }
+        Parallel.forRows(Tq, rowCost: 4 * Tk) { lo, hi in
+            for i in lo..<hi { SoftmaxKernel.backwardRow(ds + i * Tk, p + i * Tk, ds + i * Tk, Tk, accumulate: false) }
+        }
         if let dmask {
             for i in 0..<Tq {
                 let row = ds + i * Tk, dm = dmask + i * dmaskRow

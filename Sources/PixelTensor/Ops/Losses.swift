@@ -39,7 +39,12 @@ public enum CrossEntropyOp {
             var m = -Float.infinity
             for c in 0..<C { m = max(m, row[c]) }
             var s = 0.0
-            for c in 0..<C { s += Double(Foundation.exp(row[c] - m)) }
+            let mv = VectorMath.V(repeating: m)
+            var c = 0
+            var lanes = VectorMath.LaneSum()
+            while c + 8 <= C { lanes.add(VectorMath.exp(VectorMath.load(row + c) - mv)); c += 8 }
+            s = lanes.value()
+            while c < C { s += Double(Foundation.exp(row[c] - m)); c += 1 }
             lse[n] = Double(m) + Foundation.log(s)
             loss[n] = lse[n] - Double(row[t[n]])
         }
@@ -55,7 +60,10 @@ public enum CrossEntropyOp {
         for n in 0..<N where t[n] != ignoreIndex {
             let row = x + n * C, d = dx + n * C
             let wn = w[n * wStride], l = Float(lse[n])
-            for c in 0..<C { d[c] += wn * Foundation.exp(row[c] - l) }
+            let lv = VectorMath.V(repeating: l), wv = VectorMath.V(repeating: wn)
+            var c = 0
+            while c + 8 <= C { VectorMath.store(VectorMath.load(d + c) + wv * VectorMath.exp(VectorMath.load(row + c) - lv), d + c); c += 8 }
+            while c < C { d[c] += wn * Foundation.exp(row[c] - l); c += 1 }
             d[t[n]] -= wn
         }
     }
@@ -116,18 +124,35 @@ public enum BCEWithLogitsOp {
     }
 
     /// loss[i] = max(x, 0) - x*y + log1p(exp(-|x|)); returns the sum in Double. `loss` may be nil.
+    /// SIMD8 lanes (VectorMath exp and log1p); the sum runs over fixed blocks of `sumBlock` elements (Double
+    /// partials added in block order), so it is the same whichever thread computes which block.
     @discardableResult
     static func forward(_ loss: UnsafeMutablePointer<Float>?,  // [n] or nil
                         _ x: UnsafePointer<Float>,              // [n] logits
                         _ y: UnsafePointer<Float>,              // [n] targets
                         n: Int) -> Double {
-        var s = 0.0
-        for i in 0..<n {
-            let l = max(x[i], 0) - x[i] * y[i] + Foundation.log1p(Foundation.exp(-Swift.abs(x[i])))
-            loss?[i] = l
-            s += Double(l)
+        typealias V = VectorMath.V
+        @inline(__always) func term(_ x: V, _ y: V) -> V {
+            let zero = V(repeating: 0)
+            let negAbs = x.replacing(with: -x, where: x .> zero)
+            return (VectorMath.max(x, zero) - x * y) + VectorMath.log1pNonNegative(VectorMath.exp(negAbs))
         }
-        return s
+        return BlockSum.sum(n, cost: 40) { lo, hi in
+            var lanes = VectorMath.LaneSum(), i = lo
+            while i + 8 <= hi {
+                let l = term(VectorMath.load(x + i), VectorMath.load(y + i))
+                if let loss { VectorMath.store(l, loss + i) }
+                lanes.add(l)
+                i += 8
+            }
+            var s = lanes.value()
+            if i < hi {
+                let l = term(VectorMath.loadPartial(x + i, hi - i), VectorMath.loadPartial(y + i, hi - i))
+                if let loss { VectorMath.storePartial(l, loss + i, hi - i) }
+                for k in 0..<(hi - i) { s += Double(l[k]) }
+            }
+            return s
+        }
     }
 
     /// dx[i] += w[i] * (sigmoid(x) - y);  dy[i] += w[i] * (-x)   with w[i] = g[i * gStride] * scale
@@ -137,8 +162,36 @@ public enum BCEWithLogitsOp {
                          _ y: UnsafePointer<Float>,             // [n]
                          _ g: UnsafePointer<Float>, gStride: Int, scale: Float,  // [n] (stride 0: scalar)
                          n: Int) {
-        if let dx { for i in 0..<n { dx[i] += g[i * gStride] * scale * (stableSigmoid(x[i]) - y[i]) } }
-        if let dy { for i in 0..<n { dy[i] -= g[i * gStride] * scale * x[i] } }
+        typealias V = VectorMath.V
+        let sv = V(repeating: scale)
+        if gStride == 0 {
+            let w = V(repeating: g[0] * scale)
+            if let dx { VectorMath.map(dx, dx, x, y, n, cost: 22) { d, x, y in d + w * (VectorMath.sigmoid(x) - y) } }
+            if let dy { VectorMath.map(dy, dy, x, n, cost: 2) { d, x in d - w * x } }
+        } else {
+            if let dx { VectorMath.map(dx, dx, g, x, y, n, cost: 22) { d, g, x, y in d + g * sv * (VectorMath.sigmoid(x) - y) } }
+            if let dy { VectorMath.map(dy, dy, g, x, n, cost: 2) { d, g, x in d - g * sv * x } }
+        }
+    }
+}
+
+/// Sums over [0, n) in fixed blocks: body(lo, hi) gives a block's Double sum, the blocks run on any thread and
+/// their sums are added in block order, so the total does not depend on the thread count.
+enum BlockSum {
+    static let block = 8192
+
+    @inline(__always)
+    static func sum(_ n: Int, cost: Int, _ body: (Int, Int) -> Double) -> Double {
+        let nb = (n + block - 1) / block
+        if nb <= 1 { return n == 0 ? 0 : body(0, n) }
+        let partial = UnsafeMutablePointer<Double>.allocate(capacity: nb)
+        defer { partial.deallocate() }
+        Parallel.forRows(nb, rowCost: block * cost) { lo, hi in
+            for b in lo..<hi { partial[b] = body(b * block, min(n, (b + 1) * block)) }
+        }
+        var s = 0.0
+        for b in 0..<nb { s += partial[b] }
+        return s
     }
 }
 
@@ -192,12 +245,32 @@ public enum DiceLossOp {
         for m in 0..<M {
             let xm = x + m * P, ym = y + m * P
             var spy = 0.0, sp = 0.0, sy = 0.0
-            for j in 0..<P {
-                let p = Double(stableSigmoid(xm[j])), t = Double(ym[j])
-                spy += p * t
-                sp += p
-                sy += t
+            // three sums over fixed blocks (see BlockSum), SIMD8 sigmoid inside a block
+            let nb = (P + BlockSum.block - 1) / BlockSum.block
+            let part = UnsafeMutablePointer<Double>.allocate(capacity: 3 * max(nb, 1))
+            defer { part.deallocate() }
+            Parallel.forRows(nb, rowCost: BlockSum.block * 24) { lo, hi in
+                for b in lo..<hi {
+                    var l0 = VectorMath.LaneSum(), l1 = VectorMath.LaneSum(), l2 = VectorMath.LaneSum()
+                    var j = b * BlockSum.block
+                    let end = min(P, (b + 1) * BlockSum.block)
+                    while j + 8 <= end {
+                        let p = VectorMath.sigmoid(VectorMath.load(xm + j)), t = VectorMath.load(ym + j)
+                        l0.add(p * t); l1.add(p); l2.add(t)
+                        j += 8
+                    }
+                    var a0 = l0.value(), a1 = l1.value(), a2 = l2.value()
+                    if j < end {
+                        let p = VectorMath.sigmoid(VectorMath.loadPartial(xm + j, end - j))
+                        for k in 0..<(end - j) {
+                            let pk = Double(p[k]), tk = Double(ym[j + k])
+                            a0 += pk * tk; a1 += pk; a2 += tk
+                        }
+                    }
+                    part[3 * b] = a0; part[3 * b + 1] = a1; part[3 * b + 2] = a2
+                }
             }
+            for b in 0..<nb { spy += part[3 * b]; sp += part[3 * b + 1]; sy += part[3 * b + 2] }
             num[m] = 2 * spy / scale + eps
             den[m] = (sp + sy) / scale + eps
             loss[m] = 1 - num[m] / den[m]
@@ -218,10 +291,15 @@ public enum DiceLossOp {
             let xm = x + m * P, ym = y + m * P
             let c = -w / (scale * den[m] * den[m])
             let a = Float(c * 2 * den[m]), b = Float(-c * num[m])  // dL/dp_j = a y_j + b
-            for j in 0..<P {
-                let p = stableSigmoid(xm[j])
-                dx?[m * P + j] += (a * ym[j] + b) * p * (1 - p)
-                dy?[m * P + j] += a * p + b
+            let av = VectorMath.V(repeating: a), bv = VectorMath.V(repeating: b), one = VectorMath.V(repeating: 1)
+            if let dx {
+                VectorMath.map(dx + m * P, dx + m * P, xm, ym, P, cost: 24) { d, x, y in
+                    let p = VectorMath.sigmoid(x)
+                    return d + (av * y + bv) * p * (one - p)
+                }
+            }
+            if let dy {
+                VectorMath.map(dy + m * P, dy + m * P, xm, P, cost: 22) { d, x in d + (av * VectorMath.sigmoid(x) + bv) }
             }
         }
     }
