@@ -37,83 +37,6 @@ enum ReaderJSON {
         }
     }
 
-    /// The byte ranges of the elements of a top-level JSON list, found without building the document: the
-    /// scanner follows strings (with escapes) and nesting only. Each element is parsed on its own later, so a
-    /// multi-GB index file costs its (mapped) bytes plus one range per element, not a Foundation object tree.
-    /// Structure errors (not a list, unterminated, trailing bytes) are DatasetErrors naming the file.
-    static func listElementRanges(_ data: Data, file: String) throws -> [Range<Int>] {
-        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> [Range<Int>] in
-            let b = raw.bindMemory(to: UInt8.self)
-            let n = b.count
-            func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
-            var i = 0
-            if n >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF { i = 3 }  // UTF-8 BOM
-            while i < n && isSpace(b[i]) { i += 1 }
-            guard i < n, b[i] == UInt8(ascii: "[") else {
-                throw DatasetError(file: file, "the top level is not a list of image records")
-            }
-            i += 1
-            var ranges: [Range<Int>] = []
-            var depth = 0, start = -1
-            var inString = false, escaped = false
-            while i < n {
-                let c = b[i]
-                if inString {
-                    if escaped { escaped = false } else if c == UInt8(ascii: "\\") { escaped = true } else if c == UInt8(ascii: "\"") { inString = false }
-                    i += 1
-                    continue
-                }
-                switch c {
-                case UInt8(ascii: "\""):
-                    inString = true
-                    if depth == 0 && start < 0 { start = i }
-                case UInt8(ascii: "["), UInt8(ascii: "{"):
-                    if depth == 0 && start < 0 { start = i }
-                    depth += 1
-                case UInt8(ascii: "]"), UInt8(ascii: "}"):
-                    if depth == 0 {
-                        guard c == UInt8(ascii: "]") else { throw DatasetError(file: file, "not valid JSON (unbalanced '}' at byte \(i))") }
-                        if start >= 0 { ranges.append(start..<i) }
-                        i += 1
-                        while i < n && isSpace(b[i]) { i += 1 }
-                        if i < n { throw DatasetError(file: file, "not valid JSON (bytes after the top-level list at byte \(i))") }
-                        return ranges.map { r in
-                            var e = r.upperBound
-                            while e > r.lowerBound && isSpace(b[e - 1]) { e -= 1 }
-                            return r.lowerBound..<e
-                        }
-                    }
-                    depth -= 1
-                case UInt8(ascii: ","):
-                    if depth == 0 {
-                        guard start >= 0 else { throw DatasetError(file: file, "not valid JSON (empty list element before byte \(i))") }
-                        ranges.append(start..<i)
-                        start = -1
-                    }
-                default:
-                    if depth == 0 && start < 0 && !isSpace(c) { start = i }
-                }
-                i += 1
-            }
-            throw DatasetError(file: file, "not valid JSON (the top-level list is not terminated: truncated file?)")
-        }
-    }
-
-    /// Calls `body` with each element of the top-level list in `path`, parsed one at a time (the file is mapped,
-    /// not turned into one object tree). `what` names the elements in the "not a list" error.
-    static func forEachListElement(_ path: String, what: String, _ body: (Int, Any) throws -> Void) throws {
-        guard FileManager.default.fileExists(atPath: path) else { throw DatasetError(file: path, "file not found") }
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
-            throw DatasetError(file: path, "cannot read: \(error.localizedDescription)")
-        }
-        let ranges: [Range<Int>]
-        do { ranges = try listElementRanges(data, file: path) } catch let e as DatasetError where e.message.hasPrefix("the top level") {
-            throw DatasetError(file: path, "the top level is not a list of \(what)")
-        }
-        for (k, r) in ranges.enumerated() { try body(k, try parseElement(data.subdata(in: r), file: path, entry: k)) }
-    }
-
     /// Parses one element's bytes (UTF-8, or cp1252 as the reference retries); errors name the file and entry.
     static func parseElement(_ bytes: Data, file: String, entry: Int) throws -> Any {
         do { return try JSONSerialization.jsonObject(with: bytes, options: [.fragmentsAllowed]) } catch {
@@ -206,11 +129,11 @@ public final class MUSEReader: DatasetReader {
         let candidates = ["\(dir)/muse/\(name)", "\(dir)/\(name)"]
         let file = candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
         self.indexFile = file
-        guard FileManager.default.fileExists(atPath: file) else { throw DatasetError(file: file, "file not found") }
-        do { bytes = try Data(contentsOf: URL(fileURLWithPath: file), options: .alwaysMapped) } catch {
-            throw DatasetError(file: file, "cannot read: \(error.localizedDescription)")
+        bytes = try ReaderJSON.mapped(file)
+        let ranges: [Range<Int>]
+        do { ranges = try ReaderJSON.listElementRanges(bytes, file: file) } catch let e as DatasetError where e.message.hasPrefix("the top level") {
+            throw DatasetError(file: file, "the top level is not a list of image records")
         }
-        let ranges = try ReaderJSON.listElementRanges(bytes, file: file)
         var kept: [Kept] = []
         var skips = SkipLog()
         for (k, range) in ranges.enumerated() {

@@ -95,31 +95,34 @@ public final class ReferSegReader: DatasetReader {
         imageIDs = sentences.keys.sorted()
 
         // instances
-        let json = try CocoJSON.load(instancesFile)
-        guard let top = json as? [String: Any] else { throw DatasetError(file: instancesFile, "is \(CocoJSON.typeName(json)), not a dict") }
-        guard let imgs = top["images"] as? [Any] else { throw DatasetError(file: instancesFile, "\"images\" is missing or not a list") }
-        guard let anns = top["annotations"] as? [Any] else { throw DatasetError(file: instancesFile, "\"annotations\" is missing or not a list") }
+        // instances.json is mapped and its lists parsed one element at a time (COCO-sized files stay small).
+        let inst = instancesFile
+        let data = try ReaderJSON.mapped(inst)
+        let members: [String: Range<Int>]
+        do { members = try ReaderJSON.objectMemberRanges(data, file: inst) } catch let e as DatasetError where e.message.hasPrefix("the top level") {
+            throw DatasetError(file: inst, "is not a dict")
+        }
         let wanted = Set(imageIDs)
         var images: [Int: ImageInfo] = [:]
-        for (i, x) in imgs.enumerated() {
+        try ReaderJSON.forEachElement(ofListAt: "images", in: data, members: members, file: inst) { i, x in
             guard let d = x as? [String: Any], let id = CocoJSON.int(d["id"]) else {
-                throw DatasetError(file: instancesFile, "images[\(i)] is not a dict with an integer \"id\"")
+                throw DatasetError(file: inst, "images[\(i)] is not a dict with an integer \"id\"")
             }
-            guard wanted.contains(id) else { continue }
+            guard wanted.contains(id) else { return }
             guard let f = d["file_name"] as? String, let h = CocoJSON.int(d["height"]), let w = CocoJSON.int(d["width"]), h > 0, w > 0 else {
-                throw DatasetError(file: instancesFile, "images[\(i)] (id \(id)) needs \"file_name\" and positive \"height\", \"width\"")
+                throw DatasetError(file: inst, "images[\(i)] (id \(id)) needs \"file_name\" and positive \"height\", \"width\"")
             }
             images[id] = ImageInfo(fileName: f, height: h, width: w)
         }
         self.images = images
         var segs: [Int: Result<COCOSegmentation, MaskError>] = [:]
-        for (i, x) in anns.enumerated() {
+        try ReaderJSON.forEachElement(ofListAt: "annotations", in: data, members: members, file: inst) { i, x in
             guard let d = x as? [String: Any], let id = CocoJSON.int(d["id"]) else {
-                throw DatasetError(file: instancesFile, "annotations[\(i)] is not a dict with an integer \"id\"")
+                throw DatasetError(file: inst, "annotations[\(i)] is not a dict with an integer \"id\"")
             }
-            guard annIDs.contains(id) else { continue }
+            guard annIDs.contains(id) else { return }
             let item = "annotation \(id)"
-            guard let s = d["segmentation"] else { segs[id] = .failure(MaskError(item: item, "has no \"segmentation\"")); continue }
+            guard let s = d["segmentation"] else { segs[id] = .failure(MaskError(item: item, "has no \"segmentation\"")); return }
             do { segs[id] = .success(try COCOSegmentation(json: s, item: item)) } catch let e as MaskError { segs[id] = .failure(e) }
         }
         segmentations = segs

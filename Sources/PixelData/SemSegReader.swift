@@ -164,12 +164,14 @@ public final class SemSegReader: DatasetReader {
     }
 
     static func loadParts(_ file: String, imageRoot: String, pascal: Bool) throws -> ([PartImage], [Int: PartName]) {
-        guard let top = try CocoJSON.load(file) as? [String: Any] else { throw DatasetError(file: file, "not a dict") }
-        guard let cats = top["categories"] as? [Any] else { throw DatasetError(file: file, "\"categories\" is missing or not a list") }
-        guard let imgs = top["images"] as? [Any] else { throw DatasetError(file: file, "\"images\" is missing or not a list") }
-        let anns = top["annotations"] as? [Any] ?? []
+        // The json is mapped and its lists parsed one element at a time (LVIS-sized files stay small).
+        let data = try ReaderJSON.mapped(file)
+        let members: [String: Range<Int>]
+        do { members = try ReaderJSON.objectMemberRanges(data, file: file) } catch let e as DatasetError where e.message.hasPrefix("the top level") {
+            throw DatasetError(file: file, "not a dict")
+        }
         var names: [Int: PartName] = [:]
-        for (i, c) in cats.enumerated() {
+        try ReaderJSON.forEachElement(ofListAt: "categories", in: data, members: members, file: file) { i, c in
             guard let cd = c as? [String: Any], let id = CocoJSON.int(cd["id"]), let n = cd["name"] as? String else {
                 throw DatasetError(file: file, "categories[\(i)] needs an integer \"id\" and a \"name\"")
             }
@@ -188,7 +190,7 @@ public final class SemSegReader: DatasetReader {
         }
         var images: [PartImage] = []
         var where_: [Int: Int] = [:]
-        for (i, x) in imgs.enumerated() {
+        try ReaderJSON.forEachElement(ofListAt: "images", in: data, members: members, file: file) { i, x in
             guard let im = x as? [String: Any], let id = CocoJSON.int(im["id"]), let f = im["file_name"] as? String,
                   let h = CocoJSON.int(im["height"]), let w = CocoJSON.int(im["width"]), h > 0, w > 0 else {
                 throw DatasetError(file: file, "images[\(i)] needs an integer \"id\", \"file_name\" and positive \"height\", \"width\"")
@@ -196,12 +198,12 @@ public final class SemSegReader: DatasetReader {
             if where_[id] == nil { where_[id] = images.count; images.append(PartImage(id: id, path: imageRoot + "/" + f, height: h, width: w, anns: [])) }
             else { images[where_[id]!] = PartImage(id: id, path: imageRoot + "/" + f, height: h, width: w, anns: images[where_[id]!].anns) }
         }
-        for (i, x) in anns.enumerated() {
+        try ReaderJSON.forEachElement(ofListAt: "annotations", in: data, members: members, file: file, required: false) { i, x in
             guard let a = x as? [String: Any], let id = CocoJSON.int(a["id"]), let imageID = CocoJSON.int(a["image_id"]),
                   let cat = CocoJSON.int(a["category_id"]) else {
                 throw DatasetError(file: file, "annotations[\(i)] needs integer \"id\", \"image_id\" and \"category_id\"")
             }
-            guard let k = where_[imageID] else { continue }
+            guard let k = where_[imageID] else { return }
             let item = "annotation \(id)"
             let seg: Result<COCOSegmentation, MaskError>
             if let s = a["segmentation"] {

@@ -142,7 +142,7 @@ final class ReferSegReaderTests: XCTestCase {
         assertThrows(try ReferSegReader(datasetDir: dir, name: "refcoco"), containing: ["refs(unc).p", "ref 0", "ann_id"], "no ann_id")
         try FileManager.default.removeItem(atPath: refs)
         try FileManager.default.copyItem(atPath: src + "/refs(unc).p", toPath: refs)
-        assertThrows(try ReferSegReader(datasetDir: dir, name: "refcoco"), containing: ["instances.json", "no such file"], "no instances")
+        assertThrows(try ReferSegReader(datasetDir: dir, name: "refcoco"), containing: ["instances.json", "file not found"], "no instances")
         try Data("{\"images\": [".utf8).write(to: URL(fileURLWithPath: inst))
         assertThrows(try ReferSegReader(datasetDir: dir, name: "refcoco"), containing: ["instances.json", "not valid JSON"], "bad json")
         try Data("{\"images\": []}".utf8).write(to: URL(fileURLWithPath: inst))
