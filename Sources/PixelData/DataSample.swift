@@ -227,7 +227,7 @@ public enum Templates {
 }
 
 /// The reference's data options (train_ds.py), with the README command's values as defaults.
-public struct ReaderOptions: Equatable, Sendable {
+public struct ReaderOptions: Codable, Equatable, Sendable {
     /// `--num_classes_per_sample`: questions per image for sem_seg / refer_seg (up to 3 x 3 = 9 classes sampled).
     public var numClassesPerSample = 3
     /// `--num_classes_per_question` (README: 3): targets per question for sem_seg / refer_seg.
@@ -241,4 +241,11 @@ public struct ReaderOptions: Equatable, Sendable {
     public var explanatory = 0.1
     public init() {}
     public var segGroup: String { SegText.group(segTokenNum: segTokenNum, scales: imageFeatureScaleNum) }
+
+    /// The reference's option names.
+    enum CodingKeys: String, CodingKey {
+        case numClassesPerSample = "num_classes_per_sample", numClassesPerQuestion = "num_classes_per_question"
+        case useExpandQuestionList = "use_expand_question_list", segTokenNum = "seg_token_num"
+        case imageFeatureScaleNum = "image_feature_scale_num", explanatory
+    }
 }

@@ -25,41 +25,45 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
     /// FNV-1a 64 of the tokenizer files (see `tokenizerFingerprint`).
     public var tokenizerHash = ""
     public var useMMStartEnd = true
-    public var numClassesPerSample = 3
-    public var numClassesPerQuestion = 3
-    public var useExpandQuestionList = true
-    public var segTokenNum = 3
-    public var imageFeatureScaleNum = 2
-    public var explanatory = 0.1
+    /// The readers' options (recorded flat, next to the others, in index.json and each shard).
+    public var reader = ReaderOptions()
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", shardSize = "shard_size", seed, modelMaxLength = "model_max_length", limit
         case datasetSpec = "dataset_spec", datasetDir = "dataset_dir", tokenizerPath = "tokenizer_path", tokenizerHash = "tokenizer_hash"
-        case useMMStartEnd = "use_mm_start_end", numClassesPerSample = "num_classes_per_sample"
-        case numClassesPerQuestion = "num_classes_per_question", useExpandQuestionList = "use_expand_question_list"
-        case segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num", explanatory
+        case useMMStartEnd = "use_mm_start_end"
     }
 
-    public var readerOptions: ReaderOptions {
-        var r = ReaderOptions()
-        r.numClassesPerSample = numClassesPerSample
-        r.numClassesPerQuestion = numClassesPerQuestion
-        r.useExpandQuestionList = useExpandQuestionList
-        r.segTokenNum = segTokenNum
-        r.imageFeatureScaleNum = imageFeatureScaleNum
-        r.explanatory = explanatory
-        return r
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        imageSize = try c.decode(Int.self, forKey: .imageSize)
+        shardSize = try c.decode(Int.self, forKey: .shardSize)
+        seed = try c.decode(UInt64.self, forKey: .seed)
+        modelMaxLength = try c.decode(Int.self, forKey: .modelMaxLength)
+        limit = try c.decodeIfPresent(Int.self, forKey: .limit)
+        datasetSpec = try c.decode(String.self, forKey: .datasetSpec)
+        datasetDir = try c.decode(String.self, forKey: .datasetDir)
+        tokenizerPath = try c.decode(String.self, forKey: .tokenizerPath)
+        tokenizerHash = try c.decode(String.self, forKey: .tokenizerHash)
+        useMMStartEnd = try c.decode(Bool.self, forKey: .useMMStartEnd)
+        reader = try ReaderOptions(from: decoder)
     }
 
-    public mutating func apply(_ r: ReaderOptions) {
-        numClassesPerSample = r.numClassesPerSample
-        numClassesPerQuestion = r.numClassesPerQuestion
-        useExpandQuestionList = r.useExpandQuestionList
-        segTokenNum = r.segTokenNum
-        imageFeatureScaleNum = r.imageFeatureScaleNum
-        explanatory = r.explanatory
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(imageSize, forKey: .imageSize)
+        try c.encode(shardSize, forKey: .shardSize)
+        try c.encode(seed, forKey: .seed)
+        try c.encode(modelMaxLength, forKey: .modelMaxLength)
+        try c.encodeIfPresent(limit, forKey: .limit)
+        try c.encode(datasetSpec, forKey: .datasetSpec)
+        try c.encode(datasetDir, forKey: .datasetDir)
+        try c.encode(tokenizerPath, forKey: .tokenizerPath)
+        try c.encode(tokenizerHash, forKey: .tokenizerHash)
+        try c.encode(useMMStartEnd, forKey: .useMMStartEnd)
+        try reader.encode(to: encoder)
     }
 
     /// The options that must match for a shard to be reused: all but where the tokenizer lives.

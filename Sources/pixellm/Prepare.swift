@@ -77,14 +77,14 @@ struct Prepare: ParsableCommand {
             opts.datasetDir = datasetDir
             opts.tokenizerPath = tokDir
             opts.tokenizerHash = try PrepareOptions.tokenizerFingerprint(directory: tokDir)
-            opts.numClassesPerSample = numClassesPerSample
-            opts.numClassesPerQuestion = numClassesPerQuestion
-            opts.useExpandQuestionList = !noExpandQuestionList
+            opts.reader.numClassesPerSample = numClassesPerSample
+            opts.reader.numClassesPerQuestion = numClassesPerQuestion
+            opts.reader.useExpandQuestionList = !noExpandQuestionList
             opts.datasetSpec = "dataset=\(dataset) sem_seg_data=\(semSegData) refer_seg_data=\(referSegData) vqa_data=\(vqaData) "
                 + "multi_reason_seg_data=\(multiReasonSegData) reason_seg_data=\(reasonSegData)"
             let readers = try DatasetRegistry.readers(
                 datasetDir: datasetDir, dataset: dataset, semSegData: semSegData, referSegData: referSegData, vqaData: vqaData,
-                multiReasonSegData: multiReasonSegData, reasonSegData: reasonSegData, options: opts.readerOptions, strict: strict,
+                multiReasonSegData: multiReasonSegData, reasonSegData: reasonSegData, options: opts.reader, strict: strict,
                 warn: { if comm.rank == 0 { FileHandle.standardError.write(Data("warning: \($0)\n".utf8)) } })
             let job = PrepareJob(readers: readers, tokenizer: tok, options: opts, outDir: out, datasetDir: datasetDir,
                                  strict: strict, overwrite: overwrite)

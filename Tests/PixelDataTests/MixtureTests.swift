@@ -20,7 +20,7 @@ final class MixtureTests: XCTestCase {
             o.imageSize = 32
             o.shardSize = 7
             let readers = try DatasetRegistry.readers(datasetDir: data, dataset: "sem_seg||refer_seg||vqa||multi_reason_seg||reason_seg",
-                                                      options: o.readerOptions, warn: { _ in })
+                                                      options: o.reader, warn: { _ in })
             shardDir = root + "/shards"
             let job = PrepareJob(readers: readers, tokenizer: try Tokenizer(directory: data + "/tokenizer"), options: o,
                                  outDir: shardDir, datasetDir: data)
