@@ -25,6 +25,8 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
     /// FNV-1a 64 of the tokenizer files (see `tokenizerFingerprint`).
     public var tokenizerHash = ""
     public var useMMStartEnd = true
+    /// Deflate level of the image chunks (0: none; recorded as "compression").
+    public var compression = 0
     /// The readers' options (recorded flat, next to the others, in index.json and each shard).
     public var reader = ReaderOptions()
 
@@ -33,7 +35,7 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case imageSize = "image_size", shardSize = "shard_size", seed, modelMaxLength = "model_max_length", limit
         case datasetSpec = "dataset_spec", datasetDir = "dataset_dir", tokenizerPath = "tokenizer_path", tokenizerHash = "tokenizer_hash"
-        case useMMStartEnd = "use_mm_start_end"
+        case useMMStartEnd = "use_mm_start_end", compression
     }
 
     public init(from decoder: Decoder) throws {
@@ -48,6 +50,7 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
         tokenizerPath = try c.decode(String.self, forKey: .tokenizerPath)
         tokenizerHash = try c.decode(String.self, forKey: .tokenizerHash)
         useMMStartEnd = try c.decode(Bool.self, forKey: .useMMStartEnd)
+        compression = try c.decodeIfPresent(Int.self, forKey: .compression) ?? 0
         reader = try ReaderOptions(from: decoder)
     }
 
@@ -63,6 +66,7 @@ public struct PrepareOptions: Codable, Equatable, Sendable {
         try c.encode(tokenizerPath, forKey: .tokenizerPath)
         try c.encode(tokenizerHash, forKey: .tokenizerHash)
         try c.encode(useMMStartEnd, forKey: .useMMStartEnd)
+        try c.encode(compression, forKey: .compression)
         try reader.encode(to: encoder)
     }
 
@@ -242,7 +246,7 @@ public final class PrepareJob {
         let total = todo.reduce(0) { $0 + plan.items(ofShard: $1).count }
         var done = 0
         for k in todo {
-            let writer = try ShardWriter(path: path(ShardFormat.shardName(k)), imageSize: options.imageSize)
+            let writer = try ShardWriter(path: path(ShardFormat.shardName(k)), imageSize: options.imageSize, compression: options.compression)
             let range = plan.items(ofShard: k)
             for item in range {
                 switch try packItem(item) {

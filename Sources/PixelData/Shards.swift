@@ -232,7 +232,8 @@ public final class ShardWriter {
         return e
     }()
 
-    public init(path: String, imageSize: Int) throws {
+    /// `compression`: deflate level 0 (none) ... 9 of the image chunks (one chunk per sample; h5py reads it).
+    public init(path: String, imageSize: Int, compression: Int = 0) throws {
         self.path = path
         self.imageSize = imageSize
         tmp = path + ".tmp-\(getpid())"
@@ -250,6 +251,10 @@ public final class ShardWriter {
             defer { H5Sclose(space) }
             let p = try H5.dcpl(tmp, chunk: [1, imageSize, imageSize, 3])
             defer { H5Pclose(p) }
+            if compression > 0 {
+                guard H5Zfilter_avail(H5Z_filter_t(1)) > 0 else { throw ShardError(file: tmp, "this HDF5 library has no deflate filter (--compression 0 works)") }
+                try H5.ck(H5Pset_deflate(p, UInt32(min(compression, 9))), "H5Pset_deflate", tmp, "images")
+            }
             images = try H5.ck(H5Dcreate2(fid, "images", pixel_h5t_native_uint8(), space, pixel_h5p_default(), p, pixel_h5p_default()),
                                "H5Dcreate2", tmp, "images")
         } catch {

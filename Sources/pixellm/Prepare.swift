@@ -37,12 +37,15 @@ struct Prepare: ParsableCommand {
     @Flag(name: [.customLong("no-expand-question-list"), .customLong("no_expand_question_list")], help: "Do not use the expanded question templates.")
     var noExpandQuestionList = false
     @Option(help: "At most N items per sub-dataset (smoke runs).") var limit: Int?
+    @Option(help: "Deflate level 0-9 of the stored images (0: none). Level 1 costs ~1.5 ms per 448 px sample to read and removes at least the zero padding.")
+    var compression = 1
     @Flag(help: "The first bad sample (or missing sub-dataset) is an error.") var strict = false
     @Flag(help: "Replace shards written with other options.") var overwrite = false
 
     func validate() throws {
         if imageSize < 1 || imageSize > 4096 { throw ValidationError("--image-size must be in 1...4096") }
         if shardSize < 1 { throw ValidationError("--shard-size must be >= 1") }
+        if compression < 0 || compression > 9 { throw ValidationError("--compression must be in 0...9") }
         if let l = limit, l < 0 { throw ValidationError("--limit must be >= 0") }
     }
 
@@ -71,6 +74,7 @@ struct Prepare: ParsableCommand {
             var opts = PrepareOptions()
             opts.imageSize = imageSize
             opts.shardSize = shardSize
+            opts.compression = compression
             opts.seed = seed
             opts.modelMaxLength = modelMaxLength
             opts.limit = limit

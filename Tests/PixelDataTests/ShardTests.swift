@@ -295,6 +295,31 @@ final class ShardTests: XCTestCase {
         XCTAssertEqual(try snapshot(two), try snapshot(one))
     }
 
+    /// Deflate-compressed image chunks read back byte-identical, and the options record the level.
+    func testCompressedImagesReadBackIdentical() throws {
+        let plain = tmp + "/plain", packed = tmp + "/deflate"
+        var o = options(size: 64)
+        o.compression = 0
+        _ = try job(plain, o).run()
+        o.compression = 6
+        _ = try job(packed, o).run()
+        let a = try ShardReader(directory: plain), b = try ShardReader(directory: packed)
+        XCTAssertEqual(a.count, b.count)
+        XCTAssertGreaterThan(a.count, 5)
+        for i in 0..<a.count {
+            XCTAssertEqual(try b.paddedImage(i), try a.paddedImage(i), "sample \(i)")
+            XCTAssertEqual(try b.masks(i), try a.masks(i))
+        }
+        XCTAssertEqual(b.manifest.options.compression, 6)
+        XCTAssertEqual(a.manifest.options.compression, 0)
+        func bytes(_ d: String) throws -> Int {
+            try FileManager.default.contentsOfDirectory(atPath: d).filter { $0.hasSuffix(".h5") }
+                .reduce(0) { $0 + ((try FileManager.default.attributesOfItem(atPath: d + "/" + $1)[.size] as? Int) ?? 0) }
+        }
+        // the zero padding alone compresses: the deflated shards are smaller
+        XCTAssertLessThan(try bytes(packed), try bytes(plain))
+    }
+
     func testWorkPlanAndProgressLine() throws {
         let plan = WorkPlan(readers: try readers(), limit: 4, shardSize: 3)
         XCTAssertEqual(plan.total, 7)
