@@ -34,6 +34,26 @@ class CheckpointTestCase: XCTestCase {
     }
 
     /// Same shape and the same bits in every element (so -0.0 and NaN payloads count).
+    /// The tensors every `basic_<key>` fixture holds (whatever its format), read through `WeightSource`:
+    /// `floats` bit-equal to the expected values with `dtype(name)`, "empty" as a [0, 3] shape, a scalar
+    /// logit_scale and int64 position_ids 0..5.
+    func assertBasicTensors(_ f: some WeightSource, key: String, floats: [String], dtype: (String) -> DType) throws {
+        for n in floats {
+            XCTAssertEqual(try f.info(n).dtype, dtype(n), "\(key) \(n)")
+            let t = try f.tensor(n)
+            if n == "empty" {  // h5py stores zero-size datasets; compare the shape only
+                XCTAssertEqual(t.shape, [0, 3]); XCTAssertEqual(t.count, 0)
+            } else {
+                assertBitsEqual(t, try expected("basic_\(key)", n), "\(key) \(n)")
+            }
+        }
+        XCTAssertEqual(try f.tensor("logit_scale").shape, [])
+        let ids = try f.info("position_ids")
+        XCTAssertEqual(ids.dtype, .i64)
+        XCTAssertEqual(ids.shape, [1, 6])
+        XCTAssertEqual(try f.ints("position_ids"), [0, 1, 2, 3, 4, 5])
+    }
+
     func assertBitsEqual(_ a: Tensor, _ b: Tensor, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.shape, b.shape, "\(what): shape", file: file, line: line)
         XCTAssertEqual(a.toArray().map(\.bitPattern), b.toArray().map(\.bitPattern), "\(what): values", file: file, line: line)
