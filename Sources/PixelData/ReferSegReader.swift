@@ -186,14 +186,4 @@ enum CocoJSON {
 
     static func typeName(_ v: Any) -> String { COCOSegmentation.typeName(v) }
 
-    /// Reads and parses a JSON file; problems are DatasetErrors naming it.
-    static func load(_ path: String) throws -> Any {
-        do {
-            return try JSONSerialization.jsonObject(with: Data(try Image.readFile(path)))
-        } catch let e as ImageError {
-            throw DatasetError(file: path, e.message)
-        } catch {
-            throw DatasetError(file: path, "not valid JSON: \(error.localizedDescription)")
-        }
-    }
 }

@@ -80,7 +80,7 @@ public final class SemSegReader: DatasetReader {
             for v in 0..<255 { table[v] = v < classes.count && classes[v].contains("-") ? -1 : v }
         case "mapillary":
             let config = d + "/mapillary/config_v2.0.json"
-            guard let top = try CocoJSON.load(config) as? [String: Any], let labels = top["labels"] as? [Any] else {
+            guard let top = try ReaderJSON.load(config) as? [String: Any], let labels = top["labels"] as? [Any] else {
                 throw DatasetError(file: config, "needs a dict with a \"labels\" list")
             }
             for (i, l) in labels.enumerated() {
@@ -133,7 +133,7 @@ public final class SemSegReader: DatasetReader {
         for f in ["ade20k_classes.json", "synth_classes.json"] {
             let p = d + "/ade20k/" + f
             guard FileManager.default.fileExists(atPath: p) else { continue }
-            guard let list = try CocoJSON.load(p) as? [Any], !list.isEmpty else { throw DatasetError(file: p, "needs a non-empty list of class names") }
+            guard let list = try ReaderJSON.load(p) as? [Any], !list.isEmpty else { throw DatasetError(file: p, "needs a non-empty list of class names") }
             var out: [String] = []
             for (i, x) in list.enumerated() {
                 guard let s = x as? String else { throw DatasetError(file: p, "entry \(i) is \(CocoJSON.typeName(x)), not a string") }
