@@ -153,7 +153,7 @@ public enum PixelLMCheckpoint {
     /// Refuses a checkpoint whose shapes say the model has other sizes than `config` (first field that
     /// differs, in the order hidden_size, num_hidden_layers, vocab_size, intermediate_size,
     /// num_key_value_heads, mm_hidden_size, out_dim, image_feature_scale_num, decoder_config.prompt_embed_dim,
-    /// token_fusion, seg_token_num (learned fusion only: the mean fusion has no weight that shows N),
+    /// token_fusion, seg_token_num (learned fusion only: the released fusion has no weight that shows N),
     /// seg_token_ids). Fields whose tensors are absent are left to the name check.
     public static func checkConfig(_ config: PixelLMConfig, segTokenIds: [Int], shapes: [String: [Int]], source: String) throws {
         func fail(_ field: String, _ c: Any, _ k: Any, _ evidence: String) throws {
@@ -196,7 +196,7 @@ public enum PixelLMCheckpoint {
         let fusion = "model.token_fusion.proj.weight"
         let learned = config.tokenFusion == "learned"
         if !shapes.isEmpty && (shapes[fusion] != nil) != learned {
-            try fail("token_fusion", "\"\(config.tokenFusion)\"", learned ? "\"mean\" (no token_fusion weights)" : "\"learned\"",
+            try fail("token_fusion", "\"\(config.tokenFusion)\"", learned ? "\"released\" (no token_fusion weights)" : "\"learned\"",
                      learned ? "\(fusion) absent" : ev(fusion))
         }
         if learned, let s = shapes[fusion], s.count == 2, s[1] != config.segTokenNum * config.outDim {

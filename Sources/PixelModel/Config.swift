@@ -103,8 +103,10 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public var outDim = 256
     public var segTokenNum = 3
     public var imageFeatureScaleNum = 2
-    /// "mean" (the released code: fixed 1/N weights) or "learned" (the paper's linear fusion).
-    public var tokenFusion = "mean"
+    /// "released" (the released code: fixed weights 1/(seg_token_num x image_feature_scale_num), i.e. each
+    /// scale's query is sum_n h_n / 6) or "learned" (the paper's linear fusion, initialised to the released
+    /// weights). "mean", this field's former name for the released fusion, is read as "released".
+    public var tokenFusion = "released"
     public var visionConfig = CLIPVisionConfig()
     public var decoderConfig = DecoderConfig()
 
@@ -146,6 +148,7 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         segTokenNum = try get(.segTokenNum, d.segTokenNum)
         imageFeatureScaleNum = try get(.imageFeatureScaleNum, d.imageFeatureScaleNum)
         tokenFusion = try get(.tokenFusion, d.tokenFusion)
+        if tokenFusion == "mean" { tokenFusion = "released" }
         visionConfig = try get(.visionConfig, d.visionConfig)
         decoderConfig = try get(.decoderConfig, d.decoderConfig)
     }
@@ -160,13 +163,15 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public var segTokensPerTarget: Int { segTokenNum * imageFeatureScaleNum }
 
     /// Reads a `config.json`; errors name the file and the field.
-    public static func load(_ path: String) throws -> PixelLMConfig {
+    /// `validate: false` leaves the size checks to the caller (a released config whose CLIP sizes come from
+    /// the vision tower's own config.json).
+    public static func load(_ path: String, validate: Bool = true) throws -> PixelLMConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(file: path, message: "cannot read the file")
         }
         do {
             let c = try JSONDecoder().decode(PixelLMConfig.self, from: data)
-            try c.validate(file: path)
+            if validate { try c.validate(file: path) }
             return c
         } catch let e as ConfigError {
             throw e
@@ -192,7 +197,9 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         }
         if mmHiddenSize != visionConfig.hiddenSize { try fail("mm_hidden_size", "\(mmHiddenSize) differs from vision_config.hidden_size \(visionConfig.hiddenSize)") }
         if imageFeatureScaleNum < 1 || imageFeatureScaleNum > 2 { try fail("image_feature_scale_num", "\(imageFeatureScaleNum) (1 or 2 supported)") }
-        if !["mean", "learned"].contains(tokenFusion) { try fail("token_fusion", "'\(tokenFusion)' is not 'mean' or 'learned'") }
+        if !["released", "mean", "learned"].contains(tokenFusion) {
+            try fail("token_fusion", "'\(tokenFusion)' is not 'released' (alias 'mean') or 'learned'")
+        }
         let dc = decoderConfig
         if dc.promptEmbedDim % dc.numHeads != 0 { try fail("decoder_config.prompt_embed_dim", "not a multiple of num_heads") }
         if (dc.promptEmbedDim / dc.attentionDownsampleRate) % dc.numHeads != 0 { try fail("decoder_config.attention_downsample_rate", "internal dim not a multiple of num_heads") }

@@ -30,7 +30,7 @@ import PixelTensor
 
 /// The PixelLM settings a LLaVA base does not carry. The defaults are the released ones (hard-coded in
 /// PixelLM.py / the README command): seg_token_num 3, image_feature_scale_num 2, out_dim 256, 448 px CLIP input,
-/// the CLIP mid layer -11, <im_start>/<im_end>, mean token fusion, the 256-wide decoder.
+/// the CLIP mid layer -11, <im_start>/<im_end>, the released token fusion (1/(N*L)), the 256-wide decoder.
 public struct PixelLMSettings: Sendable, Equatable {
     public var segTokenNum = 3
     public var imageFeatureScaleNum = 2
@@ -38,7 +38,7 @@ public struct PixelLMSettings: Sendable, Equatable {
     public var resizeVisionTowerSize = 448
     public var mmVisionMidLayer = -11
     public var mmUseImStartEnd = true
-    public var tokenFusion = "mean"
+    public var tokenFusion = "released"
     public var decoderConfig = DecoderConfig()
 
     public init() {}

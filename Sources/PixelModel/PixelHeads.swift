@@ -4,20 +4,24 @@ import PixelTensor
 // The pieces around the pixel decoder (spec sections 1.5-1.7 and 2):
 //   ImageFeatureNeck      model.image_feature_neck: out_mm_projector features [L, g*g, H] -> E [L, C, g, g]
 //   TextHiddenFCs         model.text_hidden_fcs: Linear(H, H) ReLU Linear(H, C) Dropout(0)
-//   TokenFusion           N codebook tokens of a scale -> one query (the released fixed mean, or learned)
+//   TokenFusion           N codebook tokens of a scale -> one query (the released fixed 1/(N*L) sum, or learned)
 //   segHiddenRows / gatherSegQueries   the SEG gathering math
 //   postprocessMasks      low-res logits -> the original image size; maskScores
 //   PixelDecoderSide      all of it for one config, named like the released checkpoint (prefix "model")
 //
 // Token fusion. The paper fuses the N tokens h_l^1..h_l^N of scale l with "a linear projection layer phi".
-// The released code instead sums them with weights 1/N that live in a plain Python list, so they are
-// constants and not in the checkpoint (spec section 1.6). `.mean` reproduces the released model.
+// The released code instead sums them with fixed weights that live in a plain Python list (constants, not in
+// the checkpoint; spec section 1.6). The weight is 1/(N*L), not 1/N: `seg_token_idx` holds all N*L codebook ids
+// and `multiseg_scalar = [1/len(seg_token_idx)] * len(seg_token_idx)` (model/PixelLM.py:282-287), while the
+// fusion loop sums only the N tokens of one scale (PixelLM.py:455-458, evaluate 714-718). So the released
+// query of a scale is (h0 + h1 + h2) / 6: half of a mean. `.released` reproduces it (config "released"; the
+// older name "mean" is read as "released": it always meant "the released fixed fusion").
 // `.learned` is the paper's phi, chosen as one Linear(N*C -> C) over the concatenation
 // cat(h_l^1, ..., h_l^N) (n-major), shared by the scales: it can express any per-token, per-channel mix
-// (learned per-token weights are the special case W = [w_1 I ... w_N I]). It is initialised to the mean
-// (W = [I/N ... I/N], b = 0), so an untrained learned fusion gives exactly the released numbers and training
-// starts from the released behaviour. Its weights are `model.token_fusion.proj.{weight,bias}`; a released
-// checkpoint does not have them, so load a released checkpoint with token_fusion = "mean".
+// (learned per-token weights are the special case W = [w_1 I ... w_N I]). It is initialised to the released
+// fusion (W = [I/(N*L) ... I/(N*L)], b = 0), so an untrained learned fusion gives exactly the released numbers
+// and training starts from the released behaviour. Its weights are `model.token_fusion.proj.{weight,bias}`; a
+// released checkpoint does not have them, so load a released checkpoint with token_fusion = "released".
 
 // MARK: - neck
 
@@ -70,22 +74,38 @@ public final class TextHiddenFCs: Module {
 
 /// Fuses the N codebook tokens of every scale into one query: [K, L, N, C] -> [K, L, C].
 public final class TokenFusion: Module {
-    public enum Kind: String, Sendable { case mean, learned }
+    public enum Kind: String, Sendable {
+        /// The released fixed fusion: q = sum_n h_n / (N * L).
+        case released
+        /// The paper's linear fusion phi, initialised to the released weights.
+        case learned
+
+        /// A config's `token_fusion` value; "mean" is the former name of `.released`.
+        public init?(configValue: String) {
+            if configValue == "mean" { self = .released } else if let k = Kind(rawValue: configValue) { self = k } else { return nil }
+        }
+    }
     public let kind: Kind
     public let tokens: Int
+    public let scales: Int
     public let dim: Int
     /// `.learned` only: Linear(N*C, C) over the n-major concatenation (names "proj.weight", "proj.bias").
     public let proj: Linear?
 
-    public init(kind: Kind, tokens N: Int, dim C: Int, rng: inout RNG) {
+    /// The released per-token weight 1/(N*L) (a Python float 1/len(seg_token_idx) held in fp32).
+    public var releasedWeight: Float { Float(1.0 / Double(tokens * scales)) }
+
+    public init(kind: Kind, tokens N: Int, scales L: Int, dim C: Int, rng: inout RNG) {
         self.kind = kind
         tokens = N
+        scales = L
         dim = C
         if kind == .learned {
             let l = Linear(N * C, C, init: .torchDefault, rng: &rng)
-            // start at the mean: W[c, n*C + c] = 1/N, b = 0
+            // start at the released fusion: W[c, n*C + c] = 1/(N*L), b = 0
+            let w = Float(1.0 / Double(N * L))
             l.weight.fill(0)
-            for n in 0..<N { for c in 0..<C { l.weight[c, n * C + c] = 1 / Float(N) } }
+            for n in 0..<N { for c in 0..<C { l.weight[c, n * C + c] = w } }
             l.bias!.fill(0)
             proj = l
         } else {
@@ -94,8 +114,8 @@ public final class TokenFusion: Module {
     }
 
     public convenience init(config: PixelLMConfig, rng: inout RNG) {
-        self.init(kind: Kind(rawValue: config.tokenFusion) ?? .mean, tokens: config.segTokenNum,
-                  dim: config.outDim, rng: &rng)
+        self.init(kind: Kind(configValue: config.tokenFusion) ?? .released, tokens: config.segTokenNum,
+                  scales: config.imageFeatureScaleNum, dim: config.outDim, rng: &rng)
     }
 
     public func namedTensors() -> [(String, Tensor)] { proj.map { $0.namedTensors(prefix: "proj") } ?? [] }
@@ -104,8 +124,8 @@ public final class TokenFusion: Module {
         precondition(h.rank == 4 && h.dim(2) == tokens && h.dim(3) == dim,
                      "TokenFusion: input \(describe(h.shape)) must be [K, L, \(tokens), \(dim)]")
         if let proj { return proj(h.reshape([h.dim(0), h.dim(1), tokens * dim])) }
-        // the released sum, in its order: 0 * h0 + s h0 + s h1 + ... with s = 1/N in fp32
-        let s = 1 / Float(tokens)
+        // the released sum, in its order: 0 * h0 + s h0 + s h1 + ... with s = 1/(N*L) in fp32
+        let s = releasedWeight
         var out = h.slice(axis: 2, 0, 1) * 0
         for n in 0..<tokens { out = out + h.slice(axis: 2, n, n + 1) * s }
         return out.squeeze(2)

@@ -223,8 +223,8 @@ final class DecoderTests: XCTestCase {
         // scale-major grouping: rows 0-2 feed level 0 and rows 3-5 level 1 of target 0
         let sq = side.queries(hidden: hidden, rows: Array(0..<6))
         let h = side.textHiddenFCs(hidden.slice(axis: 0, 0, 6))
-        let level1 = (h.slice(axis: 0, 3, 4) + h.slice(axis: 0, 4, 5) + h.slice(axis: 0, 5, 6)) * (1 / Float(3))
-        assertMatches(sq.queries!.slice(axis: 1, 1, 2).reshape([1, 32]), level1, tol: 1e-5, "level-1 query = mean of SEG3..5")
+        let level1 = (h.slice(axis: 0, 3, 4) + h.slice(axis: 0, 4, 5) + h.slice(axis: 0, 5, 6)) * (1 / Float(6))
+        assertMatches(sq.queries!.slice(axis: 1, 1, 2).reshape([1, 32]), level1, tol: 1e-5, "level-1 query = (SEG3 + SEG4 + SEG5) / 6")
     }
 
     func testMaskScores() {
@@ -250,15 +250,43 @@ final class DecoderTests: XCTestCase {
 
     // MARK: - token fusion
 
-    func testLearnedFusionStartsAtTheMeanAndHasCorrectGradients() throws {
+    /// The released fusion weights every token 1/(N*L) (model/PixelLM.py:282-287: 1/len(seg_token_idx) with all
+    /// N*L ids in the list), so a scale's query is (h0 + h1 + h2) / 6 with N = 3, L = 2: half of a mean.
+    func testReleasedFusionIsTheSumOverNTimesL() throws {
+        var rng = RNG(seed: 20)
+        for (N, L) in [(3, 2), (3, 1), (2, 2), (1, 2)] {
+            let f = TokenFusion(kind: .released, tokens: N, scales: L, dim: 4, rng: &rng)
+            XCTAssertEqual(f.releasedWeight, Float(1.0 / Double(N * L)))
+            let h = DecoderCheck.rand([2, L, N, 4], seed: 22, grad: false)
+            let q = f(h)
+            XCTAssertEqual(q.shape, [2, L, 4])
+            for k in 0..<2 { for l in 0..<L { for c in 0..<4 {
+                var want: Float = h[k, l, 0, c] * 0
+                for n in 0..<N { want = want + h[k, l, n, c] * f.releasedWeight }
+                XCTAssertEqual(q[k, l, c], want, "N \(N) L \(L) [\(k), \(l), \(c)]")
+            } } }
+        }
+        // a config (or checkpoint config) that says "mean", the former name, loads as the released fusion
+        var cfg = PixelLMConfig()
+        cfg.tokenFusion = "mean"
+        let data = try JSONEncoder().encode(cfg)
+        let back = try JSONDecoder().decode(PixelLMConfig.self, from: data)
+        XCTAssertEqual(back.tokenFusion, "released")
+        XCTAssertEqual(TokenFusion.Kind(configValue: "mean"), .released)
+        XCTAssertNil(TokenFusion.Kind(configValue: "average"))
+        cfg.tokenFusion = "average"
+        XCTAssertThrowsError(try cfg.validate(file: "c.json")) { XCTAssertTrue("\($0)".contains("token_fusion"), "\($0)") }
+    }
+
+    func testLearnedFusionStartsAtTheReleasedFusionAndHasCorrectGradients() throws {
         var rng = RNG(seed: 21)
-        let mean = TokenFusion(kind: .mean, tokens: 3, dim: 4, rng: &rng)
-        let learned = TokenFusion(kind: .learned, tokens: 3, dim: 4, rng: &rng)
-        XCTAssertTrue(mean.namedTensors().isEmpty)
+        let released = TokenFusion(kind: .released, tokens: 3, scales: 2, dim: 4, rng: &rng)
+        let learned = TokenFusion(kind: .learned, tokens: 3, scales: 2, dim: 4, rng: &rng)
+        XCTAssertTrue(released.namedTensors().isEmpty)
         XCTAssertEqual(learned.namedTensors().map(\.0), ["proj.weight", "proj.bias"])
         let h = DecoderCheck.rand([2, 2, 3, 4], seed: 22, grad: false)
-        assertMatches(learned(h), mean(h), tol: 1e-6, "learned fusion at init")
-        // move the weights off the mean init, then finite differences
+        assertMatches(learned(h), released(h), tol: 1e-6, "learned fusion at init")
+        // move the weights off the released init, then finite differences
         let w = learned.proj!.weight, b = learned.proj!.bias!
         let noise = DecoderCheck.rand(w.shape, seed: 23, std: 0.1, grad: false)
         for i in 0..<w.count { w.ptr[i] += noise.ptr[i] }

@@ -263,7 +263,7 @@ final class PixelLMTests: XCTestCase {
             ("num_hidden_layers", { $0.numHiddenLayers = 3 }, "3", "2"),
             ("vocab_size", { $0.vocabSize = 130 }, "130", "128"),
             ("intermediate_size", { $0.intermediateSize = 96 }, "96", "64"),
-            ("token_fusion", { $0.tokenFusion = "learned" }, "learned", "mean"),
+            ("token_fusion", { $0.tokenFusion = "learned" }, "learned", "released"),
         ]
         for (field, mutate, configValue, checkpointValue) in cases {
             var c = tiny

@@ -21,7 +21,7 @@ The forward is a port of the released training path with the released parameter 
   * PixelLM.py model_forward: every image is expanded to one copy per conversation (offset), the SEG mask is
     (ids[:, 1:] in SEG ids) ++ False with (g/2)^2 - 1 False entries prepended (the released "hack" with 255
     for 448 px), text_hidden_fcs on the final hidden states, masked select, per image grouped
-    [K, L, N, C] and fused with the fixed 1/N weights (or the learned fusion when configured); the image
+    [K, L, N, C] and fused with the fixed 1/(N*L) weights (or the learned fusion when configured); the image
     features of the *first* copy of every image go through the neck; the 2-level decoding loop; the
     post-processing to the original size; sigmoid_ce_loss and dice_loss per image summed over masks and
     divided by the micro-batch mask count; total = ce_w CE + bce_w BCE + dice_w DICE (the overlap /
@@ -156,8 +156,9 @@ class PixelLMReference(nn.Module):
         self.g = self.vision_tower.g
         self.n_img = (self.g // 2) ** 2
         self.ce_loss_weight, self.bce_loss_weight, self.dice_loss_weight = 1.0, 2.0, 0.5
-        # released: python lists of scalar Parameters (so constants, not registered)
-        self.multiseg_scalar = [torch.ones([]) * (1 / self.seg_token_num) for _ in range(self.seg_token_num)]
+        # released: python lists of scalar Parameters (so constants, not registered), 1 / len(seg_token_idx)
+        # where seg_token_idx lists all N * L SEG ids (model/PixelLM.py:282-287): 1/6, not 1/N
+        self.multiseg_scalar = [torch.ones([]) * (1 / len(self.seg_token_idx)) for _ in range(len(self.seg_token_idx))]
 
     # -- names --------------------------------------------------------------------------------------
 

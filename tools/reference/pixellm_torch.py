@@ -9,9 +9,9 @@ Importable pieces (module and parameter names follow the released `hf_model` key
     MaskDecoderMultiScale                            (2 TwoWayTransformers, shared tokens / upscalers / MLPs)
     make_image_feature_neck(hidden, C)               nn.Sequential: Conv1x1 -> LN2d -> Conv3x3 -> LN2d
     make_text_hidden_fcs(hidden, out_dim)            nn.ModuleList([Sequential(Linear, ReLU, Linear, Dropout(0))])
-    LearnedTokenFusion(N, C)                         the paper's linear fusion (not in the released code)
+    LearnedTokenFusion(N, L, C)                      the paper's linear fusion (not in the released code)
     seg_hidden_positions / gather_seg_queries        the SEG gathering math (position before each SEG token)
-    fuse_mean(h)                                     the released fixed 1/N fusion
+    fuse_released(h, L)                              the released fixed fusion, weight 1/(N*L) per token
     features_to_grid(feats, g)                       out_mm_projector outputs [L, g*g, H] -> [L, H, g, g]
     decode_low_res(...)                              the 2-level loop -> low-res logits [K, 1, 4g, 4g]
     postprocess_masks(low, input_size, original_size)
@@ -291,10 +291,12 @@ def seg_hidden_positions(ids, seg_ids):
     return [p - 1 for p, t in enumerate(ids) if t in seg_ids]
 
 
-def fuse_mean(h):
-    """h [K, L, N, C] -> [K, L, C], the released fixed fusion sum_n (1/N) h[:, :, n] (same order of adds)."""
+def fuse_released(h, n_levels):
+    """h [K, L, N, C] -> [K, L, C], the released fixed fusion sum_n s h[:, :, n] (same order of adds) with
+    s = 1 / len(seg_token_idx) = 1 / (N * L): the released list holds all N * L SEG ids (PixelLM.py:282-287)
+    while the loop sums the N tokens of one scale (PixelLM.py:455-458), so a query is half of a mean at N*L = 6."""
     N = h.shape[2]
-    s = torch.ones([]) * (1.0 / N)
+    s = torch.ones([]) * (1 / (N * n_levels))
     out = h[:, :, 0] * 0
     for n in range(N):
         out = out + s * h[:, :, n]
@@ -303,15 +305,15 @@ def fuse_mean(h):
 
 class LearnedTokenFusion(nn.Module):
     """The paper's fusion phi as one Linear over the concatenation of the N tokens of a scale:
-    q[k, l] = W cat(h[k, l, 0], ..., h[k, l, N-1]) + b, shared by the scales. Initialised to the mean
-    (W = [I/N ... I/N], b = 0), so an untrained model equals the released one."""
+    q[k, l] = W cat(h[k, l, 0], ..., h[k, l, N-1]) + b, shared by the scales. Initialised to the released
+    fusion (W = [I/(N*L) ... I/(N*L)], b = 0), so an untrained model equals the released one."""
 
-    def __init__(self, n, dim):
+    def __init__(self, n, n_levels, dim):
         super().__init__()
         self.n = n
         self.proj = nn.Linear(n * dim, dim)
         with torch.no_grad():
-            self.proj.weight.copy_(torch.cat([torch.eye(dim) / n] * n, dim=1))
+            self.proj.weight.copy_(torch.cat([torch.eye(dim) * (1 / (n * n_levels))] * n, dim=1))
             self.proj.bias.zero_()
 
     def forward(self, h):
@@ -330,7 +332,7 @@ def gather_seg_queries(hidden, positions, fcs, n_tokens, n_levels, fusion=None):
     h = fcs[0](hidden[positions])
     K = len(positions) // per
     hq = h.reshape(K, n_levels, n_tokens, h.shape[-1])
-    q = fuse_mean(hq) if fusion is None else fusion(hq)
+    q = fuse_released(hq, n_levels) if fusion is None else fusion(hq)
     return q, h, None
 
 
@@ -386,7 +388,7 @@ class DecoderSide(nn.Module):
             dc.get("attention_downsample_rate", 2))
         self.image_feature_neck = make_image_feature_neck(self.H, self.C)
         self.text_hidden_fcs = make_text_hidden_fcs(self.H, cfg.get("out_dim", 256))
-        self.token_fusion = LearnedTokenFusion(self.N, self.C) if cfg.get("token_fusion", "mean") == "learned" else None
+        self.token_fusion = LearnedTokenFusion(self.N, self.L, self.C) if cfg.get("token_fusion", "released") == "learned" else None
 
     def released_state_dict(self, prefix="model."):
         """Weights under their released names (no learned fusion: it is not part of the released model)."""
