@@ -57,6 +57,11 @@ let package = Package(
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor", "PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
+        .testTarget(
+            name: "PixelReleaseTests",
+            dependencies: ["PixelModel", "PixelTensor", "PixelText", "PixelData"],
+            resources: [.copy("Fixtures")]
+        ),
         // runs the built `pixellm` binary (forward / chat) on Tests/PixelModelTests/Fixtures/ckpt
         .testTarget(name: "PixelCLITests", dependencies: ["pixellm", "PixelData", "PixelTensor"]),
     ],

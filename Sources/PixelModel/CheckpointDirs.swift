@@ -34,16 +34,21 @@ public struct CheckpointDirectoryError: Error, CustomStringConvertible {
 
 public enum PixelLMModelDirectory {
     /// config.json of a model directory, and its `mm_vision_tower` entry (if any).
-    public static func readConfig(_ directory: String) throws -> (config: PixelLMConfig, mmVisionTower: String?) {
+    /// A released hf_model config.json has no `vision_config`: then the CLIP sizes come from the vision tower's own
+    /// config.json, as the released code reads them from the tower (`visionTower`, else a local mm_vision_tower;
+    /// CLIP-L/14-336 when neither has one). The config is validated after that.
+    public static func readConfig(_ directory: String, visionTower: String? = nil) throws -> (config: PixelLMConfig, mmVisionTower: String?) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
             throw CheckpointDirectoryError(file: directory, "model directory does not exist")
         }
         let path = (directory as NSString).appendingPathComponent(PixelLMCheckpoint.configName)
-        let config = try PixelLMConfig.load(path)
+        var config = try PixelLMConfig.load(path, validate: false)
         var tower: String?
+        var declaresVision = false
         if let data = FileManager.default.contents(atPath: path),
            let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            declaresVision = obj["vision_config"] != nil
             tower = obj["mm_vision_tower"] as? String
             // a relative path is relative to the model directory (a hub name such as "openai/clip-..." is
             // kept as written: it is only used when it exists as a local directory)
@@ -52,6 +57,15 @@ public enum PixelLMModelDirectory {
                 if FileManager.default.fileExists(atPath: rel) { tower = rel }
             }
         }
+        var source = path
+        if !declaresVision, let t = visionTower ?? tower {
+            var dir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: t, isDirectory: &dir), dir.boolValue {
+                config.visionConfig = try LLaVABase.visionConfig(t)
+                source += " with the vision config of " + t
+            }
+        }
+        try config.validate(file: source)
         return (config, tower)
     }
 
@@ -76,7 +90,7 @@ public enum PixelLMModelDirectory {
                             precision: WeightPrecision = .f32) throws -> (model: PixelLMForCausalLM, report: CheckpointLoadReport) {
         // a LLaVA base first: its config.json (no PixelLM fields) would otherwise fail with a less useful message
         if let s = try? WeightSources.open(directory) { try refuseLLaVA(s, directory) }
-        let (config, mmTower) = try readConfig(directory)
+        let (config, mmTower) = try readConfig(directory, visionTower: visionTower)
         if let seg = segTokenIds {
             guard seg.count == config.segTokensPerTarget else {
                 throw CheckpointDirectoryError(file: directory, "the tokenizer has \(seg.count) SEG tokens but the config needs seg_token_num x image_feature_scale_num = \(config.segTokensPerTarget)")

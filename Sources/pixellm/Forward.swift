@@ -81,7 +81,7 @@ struct ModelOptions: ParsableArguments {
         let dir = model!
         var p = WeightPrecision(rawValue: precision ?? "f32")!
         if precision == nil, let src = try? WeightSources.open(dir), let first = src.names.first(where: { $0.hasSuffix("mlp.up_proj.weight") }),
-           let info = try? src.info(first), info.dtype == .bf16, let (c, _) = try? PixelLMModelDirectory.readConfig(dir),
+           let info = try? src.info(first), info.dtype == .bf16, let (c, _) = try? PixelLMModelDirectory.readConfig(dir, visionTower: visionTower),
            c.numHiddenLayers * c.hiddenSize * c.intermediateSize * 3 > 1_000_000_000 {
             p = .bf16
         }

@@ -75,6 +75,30 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// `pixellm forward` on a checkpoint exported by the released code (Tests/PixelReleaseTests/Fixtures/release:
+    /// pytorch_model.bin in bf16, a released-style config.json without vision_config, CLIP given separately) gives
+    /// the masks the released code computes for the same teacher-forced answer (its validate() path).
+    func testForwardOnAReleasedCheckpointGivesTheReleasedMasks() throws {
+        let rel = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../PixelReleaseTests/Fixtures/release").standardized.path
+        func r(_ n: String) -> String { (rel as NSString).appendingPathComponent(n) }
+        let out = Self.temp("release.safetensors")
+        let seg = "[SEG0] [SEG1] [SEG2] [SEG3] [SEG4] [SEG5]"
+        let res = try run(["forward", "--model", r("pixellm"), "--vision-tower", r("clip"), "--image", r("portrait.png"),
+                           "--prompt", "Where could a person sit down here? Please output segmentation mask.",
+                           "--answer", "A person could sit on the bench \(seg) or on the low wall \(seg).", "--dump", out])
+        XCTAssertEqual(res.status, 0, res.err)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let got = try XCTUnwrap(try SafetensorsFile(out).floatTensors()["mask.logits"])
+        let want = try XCTUnwrap(try SafetensorsFile(r("release.safetensors")).floatTensors()["validate.portrait.mask.logits"])
+        XCTAssertEqual(got.shape, want.shape)
+        let x = got.toArray(), y = want.toArray()
+        var num: Float = 0, den: Float = 1e-12
+        for i in 0..<min(x.count, y.count) { num = max(num, abs(x[i] - y[i])); den = max(den, abs(y[i])) }
+        XCTAssertLessThanOrEqual(num / den, 1e-5, "mask.logits vs the released code")
+        XCTAssertEqual(zip(x, y).filter { ($0 > 0) != ($1 > 0) }.count, 0, "masks (logit > 0) differ from the release's")
+    }
+
     func testChatWritesMasksAndOverlay() throws {
         let d = Self.temp("chat")
         let r = try run(["chat", "--model", Self.sub("st-f32"), "--image", Self.sub("image.png"), "--prompt", "Where is the cat?",
@@ -87,7 +111,9 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(m.width, 60)
         XCTAssertEqual(m.height, 45)
         XCTAssertTrue(m.pixels.allSatisfy { $0 == 0 || $0 == 255 })
-        XCTAssertEqual(m.pixels.filter { $0 == 255 }.count, 385)   // as PyTorch's mask.logits > 0
+        // as PyTorch's mask.logits > 0 (373 pixels with the released 1/6 fusion)
+        let want = try XCTUnwrap(try SafetensorsFile(Self.sub("reference.safetensors")).floatTensors()["mask.logits"])
+        XCTAssertEqual(m.pixels.filter { $0 == 255 }.count, want.toArray().filter { $0 > 0 }.count)
         let o = try RGBImage.load(d + "/overlay.png")
         XCTAssertGreaterThanOrEqual(o.width, 60)
         XCTAssertGreaterThan(o.height, 45)
