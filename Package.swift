@@ -36,10 +36,15 @@ let package = Package(
         .target(name: "CPixelImage", dependencies: ["CJPEG", "CPNG"], cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "PixelData", dependencies: ["CPixelImage", "CHDF5", "PixelTensor", "PixelText"], swiftSettings: kernelSettings),
         .target(name: "PixelDistributed", dependencies: ["CPixelShims"], swiftSettings: kernelSettings),
+        .target(
+            name: "PixelTrain",
+            dependencies: ["PixelModel", "PixelData", "PixelDistributed", "PixelTensor", "PixelText"],
+            swiftSettings: kernelSettings
+        ),
         .executableTarget(
             name: "pixellm",
             dependencies: [
-                "PixelTensor", "PixelModel", "PixelText", "PixelData", "PixelDistributed", "CPixelShims",
+                "PixelTensor", "PixelModel", "PixelText", "PixelData", "PixelDistributed", "PixelTrain", "CPixelShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings
@@ -57,6 +62,7 @@ let package = Package(
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor", "PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
+        .testTarget(name: "PixelTrainTests", dependencies: ["PixelTrain", "PixelModel", "PixelData", "PixelDistributed", "PixelTensor"]),
         .testTarget(
             name: "PixelReleaseTests",
             dependencies: ["PixelModel", "PixelTensor", "PixelText", "PixelData"],

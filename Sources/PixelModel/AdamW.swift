@@ -26,11 +26,7 @@ public final class AdamW {
     /// One update with the gradients in `.grad` (parameters without a gradient are skipped, as torch does).
     public func update() {
         step += 1
-        let bc1 = 1 - Foundation.pow(Double(beta1), Double(step))
-        let bc2 = 1 - Foundation.pow(Double(beta2), Double(step))
-        let stepSize = Float(Double(lr) / bc1)
-        let bc2Sqrt = Float(bc2.squareRoot())
-        let decay = 1 - lr * weightDecay
+        let (stepSize, bc2Sqrt, decay) = AdamWKernel.constants(lr: lr, step: step, beta1: beta1, beta2: beta2, weightDecay: weightDecay)
         for (k, p) in params.enumerated() {
             guard let g = p.grad else { continue }
             precondition(p.isContiguous, "AdamW: parameter must be contiguous")
@@ -43,6 +39,14 @@ public final class AdamW {
 }
 
 public enum AdamWKernel {
+    /// The per-step constants of torch's AdamW at (1-based) step `t`: lr / (1 - b1^t), sqrt(1 - b2^t), 1 - lr wd.
+    public static func constants(lr: Float, step t: Int, beta1: Float, beta2: Float, weightDecay: Float)
+        -> (stepSize: Float, bc2Sqrt: Float, decay: Float) {
+        let bc1 = 1 - Foundation.pow(Double(beta1), Double(t))
+        let bc2 = 1 - Foundation.pow(Double(beta2), Double(t))
+        return (Float(Double(lr) / bc1), Float(bc2.squareRoot()), 1 - lr * weightDecay)
+    }
+
     /// p, m, v [n] updated in place from g [n].
     @inlinable
     public static func update(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>,

@@ -67,18 +67,34 @@ extension Tensor {
 
     /// Reverse-mode differentiation from this tensor. `gradient` defaults to ones (a scalar loss).
     /// Leaves that require grad receive `.grad` (accumulated, as in PyTorch); the graph is released.
-    public func backward(_ gradient: Tensor? = nil, retainGraph: Bool = false) {
+    ///
+    /// `onLeafComplete` (optional) is called with each leaf as soon as its gradient is final: right after the
+    /// backward kernel of the earliest recorded op that reads it (its first use in the forward), so a data-parallel
+    /// trainer can start reducing a bucket of gradients while the rest of backward runs (ZeRO-2's overlap).
+    /// `afterNode` (optional) is called after every backward kernel (to drive communication progress).
+    public func backward(_ gradient: Tensor? = nil, retainGraph: Bool = false,
+                         onLeafComplete: ((Tensor) -> Void)? = nil, afterNode: (() -> Void)? = nil) {
         precondition(requiresGrad, "backward() on a tensor that does not require grad")
         // Collect the tensors with nodes reachable from here.
         var order: [Tensor] = []
         var seen = Set<ObjectIdentifier>()
         var stack: [Tensor] = [self]
+        // leaf -> the smallest sequence number of a node reading it
+        var firstUse: [ObjectIdentifier: (seq: Int, leaf: Tensor)] = [:]
         while let t = stack.popLast() {
             guard let n = t.node, seen.insert(ObjectIdentifier(n)).inserted else { continue }
             order.append(t)
-            for i in n.inputs where i.requiresGrad { stack.append(i) }
+            for i in n.inputs where i.requiresGrad {
+                stack.append(i)
+                if onLeafComplete != nil, i.node == nil {
+                    let id = ObjectIdentifier(i)
+                    if let f = firstUse[id] { if n.seq < f.seq { firstUse[id] = (n.seq, i) } } else { firstUse[id] = (n.seq, i) }
+                }
+            }
         }
         order.sort { $0.node!.seq > $1.node!.seq }
+        var completes: [Int: [Tensor]] = [:]
+        for (_, f) in firstUse { completes[f.seq, default: []].append(f.leaf) }
         let g0: Tensor
         if let gradient {
             precondition(gradient.shape == shape, "backward: gradient shape \(describe(gradient.shape)) for output \(describe(shape))")
@@ -98,6 +114,8 @@ extension Tensor {
                 if let g = t.grad { n.backwardFn(t, g) }
                 if !t.retainsGrad && !(t === self && node == nil) { t.grad = nil }
                 if !retainGraph { t.node = nil }
+                if let done = completes[n.seq], let onLeafComplete { for leaf in done { onLeafComplete(leaf) } }
+                afterNode?()
             }
         }
     }

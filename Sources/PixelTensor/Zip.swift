@@ -260,7 +260,8 @@ struct ZipArchive {
 }
 
 /// CRC-32 (ISO-HDLC, as zip uses), slicing-by-8.
-enum CRC32 {
+/// CRC-32 (IEEE, as zip and zlib): zip entries, and the checksums of training checkpoint files.
+public enum CRC32 {
     /// 8 tables of 256 entries, back to back.
     static let table: [UInt32] = {
         var t = [UInt32](repeating: 0, count: 8 * 256)
@@ -275,7 +276,7 @@ enum CRC32 {
         return t
     }()
 
-    static func checksum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt32 {
+    public static func checksum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt32 {
         guard let p = bytes.baseAddress else { return initial }
         let n = bytes.count
         var c = ~initial

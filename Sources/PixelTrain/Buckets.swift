@@ -1,0 +1,148 @@
+import Foundation
+import PixelTensor
+
+// The trainable parameters as flat buckets (llm.c's one arena, DeepSpeed's contiguous gradients).
+//
+// Trainable tensors are grouped, in a fixed order, into buckets of about `capElements` floats (a tensor larger than
+// the cap gets a bucket of its own). A bucket is one flat gradient buffer; every parameter's `.grad` is a view into
+// it, so backward accumulates straight into the buffer and a bucket is exchanged with one collective. Each bucket is
+// padded to a multiple of the world size N; rank r owns the slice [r * s, (r + 1) * s), s = padded / N: its fp32
+// master values, AdamW m and v, and the reduced gradient. Which tensors share a bucket does not depend on N (only the
+// padding does), so a checkpoint written at one world size is resharded at another by concatenating slices.
+
+/// Where every trainable tensor lives in the flat buckets.
+public struct BucketLayout: Codable, Equatable, Sendable {
+    public struct Param: Codable, Equatable, Sendable {
+        public var name: String
+        public var shape: [Int]
+        public var bucket: Int
+        /// Offset of its first element inside the bucket.
+        public var offset: Int
+        public var count: Int
+    }
+    public struct Bucket: Codable, Equatable, Sendable {
+        /// Elements of the tensors it holds.
+        public var count: Int
+        /// count rounded up to a multiple of the world size.
+        public var padded: Int
+        /// Indices into `params`.
+        public var params: [Int]
+    }
+    public var worldSize: Int
+    public var capElements: Int
+    public var params: [Param]
+    public var buckets: [Bucket]
+
+    enum CodingKeys: String, CodingKey {
+        case worldSize = "world_size", capElements = "cap_elements", params, buckets
+    }
+
+    /// Lays out `tensors` (name, shape) in the given order.
+    public init(tensors: [(name: String, shape: [Int])], worldSize: Int, capElements: Int) {
+        precondition(worldSize >= 1 && capElements >= 1, "BucketLayout: world size \(worldSize), cap \(capElements)")
+        self.worldSize = worldSize
+        self.capElements = capElements
+        params = []
+        buckets = []
+        var current: [Int] = [], fill = 0
+        func close() {
+            guard !current.isEmpty else { return }
+            let padded = (fill + worldSize - 1) / worldSize * worldSize
+            buckets.append(Bucket(count: fill, padded: max(padded, worldSize), params: current))
+            current = []
+            fill = 0
+        }
+        for (name, shape) in tensors {
+            let n = shape.reduce(1, *)
+            if fill > 0 && fill + n > capElements { close() }
+            params.append(Param(name: name, shape: shape, bucket: buckets.count, offset: fill, count: n))
+            current.append(params.count - 1)
+            fill += n
+            if fill >= capElements { close() }
+        }
+        close()
+    }
+
+    /// The same grouping at another world size (only the padding changes).
+    public func resharded(worldSize n: Int) -> BucketLayout {
+        var l = self
+        l.worldSize = n
+        for b in l.buckets.indices {
+            let c = l.buckets[b].count
+            l.buckets[b].padded = max((c + n - 1) / n * n, n)
+        }
+        return l
+    }
+
+    /// Slice length of bucket b.
+    public func sliceLength(_ b: Int) -> Int { buckets[b].padded / worldSize }
+    /// The elements of bucket b that rank r owns, clipped to the unpadded count.
+    public func ownedRange(_ b: Int, rank r: Int) -> Range<Int> {
+        let s = sliceLength(b)
+        return min(r * s, buckets[b].count)..<min((r + 1) * s, buckets[b].count)
+    }
+    public var totalElements: Int { buckets.reduce(0) { $0 + $1.count } }
+    public var paddedElements: Int { buckets.reduce(0) { $0 + $1.padded } }
+
+    /// Names and shapes, for comparing a checkpoint's layout with the current model's.
+    public var signature: [String] { params.map { "\($0.name)\($0.shape)" } }
+}
+
+/// The flat buffers of a layout on one rank: a gradient buffer and a parameter buffer per bucket (padded), with
+/// every trainable tensor's `.grad` set to its view of the gradient buffer.
+public final class FlatBuckets {
+    public let layout: BucketLayout
+    public let tensors: [Tensor]
+    /// [padded] per bucket.
+    public let grads: [Tensor]
+    /// [padded] per bucket: the parameter values, gathered from the owners after each update.
+    public let values: [Tensor]
+
+    public init(layout: BucketLayout, tensors: [Tensor]) {
+        precondition(tensors.count == layout.params.count, "FlatBuckets: \(tensors.count) tensors for \(layout.params.count) params")
+        self.layout = layout
+        self.tensors = tensors
+        grads = layout.buckets.map { Tensor.zeros([$0.padded]) }
+        values = layout.buckets.map { Tensor.zeros([$0.padded]) }
+        for (i, p) in layout.params.enumerated() {
+            precondition(tensors[i].shape == p.shape && tensors[i].isContiguous, "FlatBuckets: \(p.name) is not a contiguous \(p.shape)")
+        }
+        attachGradients()
+        gatherValues()
+    }
+
+    /// Points every tensor's `.grad` at its place in the gradient buffers (backward then accumulates there).
+    public func attachGradients() {
+        for (i, p) in layout.params.enumerated() {
+            let g = grads[p.bucket]
+            tensors[i].grad = Tensor(storage: g.storage, shape: p.shape, offset: g.offset + p.offset)
+        }
+    }
+
+    /// Zeroes the gradient buffers (views stay attached).
+    public func zeroGradients() {
+        for g in grads { g.fill(0) }
+        attachGradients()
+    }
+
+    /// Copies the tensors into the value buffers.
+    public func gatherValues() {
+        for (i, p) in layout.params.enumerated() {
+            (values[p.bucket].ptr + p.offset).update(from: tensors[i].ptr, count: p.count)
+        }
+    }
+
+    /// Copies the value buffers into the tensors.
+    public func scatterValues() {
+        for (i, p) in layout.params.enumerated() {
+            tensors[i].ptr.update(from: values[p.bucket].ptr + p.offset, count: p.count)
+        }
+    }
+
+    /// Bucket index of every tensor (by identity), for backward's completion hook.
+    public func bucketOfTensor() -> [ObjectIdentifier: Int] {
+        var m: [ObjectIdentifier: Int] = [:]
+        for (i, p) in layout.params.enumerated() { m[ObjectIdentifier(tensors[i])] = p.bucket }
+        return m
+    }
+}

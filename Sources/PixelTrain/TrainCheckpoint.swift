@@ -1,0 +1,255 @@
+import Foundation
+import PixelDistributed
+import PixelModel
+import PixelTensor
+
+// Training checkpoints (docs/training.md):
+//
+//   RUN/checkpoints/step-000050/rank-00000-of-00002.h5   this rank's slice of every bucket: "b<k>/value" (the fp32
+//                                                         master values of its owned range), "b<k>/m", "b<k>/v"
+//   RUN/checkpoints/step-000050/manifest.json             format, world size, bucket layout (every parameter's
+//                                                         bucket, offset, shape), step, consumed samples, the
+//                                                         options and model config, CRC-32 and size of every file
+//   RUN/latest                                            "checkpoints/step-000050", moved after every rank wrote
+//
+// Every file is written under a temporary name, fsynced and renamed; the manifest only after every rank's file is
+// complete (a barrier), `latest` only after the manifest. A crash at any point leaves the previous checkpoint and
+// `latest` as they were. Because the manifest holds the layout, a resume at another world size reads the slices of
+// all old ranks and cuts its own: any N -> any M.
+
+public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
+    public struct File: Codable, Equatable, Sendable {
+        public var name: String
+        public var bytes: Int
+        public var crc32: UInt32
+    }
+    public static let formatName = "pixellm-train-checkpoint"
+    public static let currentVersion = 1
+
+    public var format = formatName
+    public var formatVersion = currentVersion
+    public var worldSize: Int
+    public var zeroStage: Int
+    /// Optimizer steps done.
+    public var step: Int
+    /// AdamW's bias-correction step (steps minus skipped updates).
+    public var adamStep: Int
+    /// Samples of the global sequence consumed.
+    public var consumedSamples: Int
+    public var skippedUpdates: Int
+    public var layout: BucketLayout
+    public var files: [File]
+    public var options: TrainOptions
+    public var config: PixelLMConfig
+    /// The shards' index.json checksum (a resume on other data is refused).
+    public var datasetChecksum: String
+    /// SEG token ids of the model.
+    public var segTokenIds: [Int]
+    public var tokenizer: String
+    public var created: String
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", worldSize = "world_size", zeroStage = "zero_stage", step
+        case adamStep = "adam_step", consumedSamples = "consumed_samples", skippedUpdates = "skipped_updates", layout, files
+        case options, config, datasetChecksum = "dataset_checksum", segTokenIds = "seg_token_ids", tokenizer, created
+    }
+
+    public static let manifestName = "manifest.json"
+    public static func rankFileName(_ r: Int, of n: Int) -> String { String(format: "rank-%05d-of-%05d.h5", r, n) }
+    public static func directoryName(step: Int) -> String { String(format: "step-%06d", step) }
+
+    public static func load(_ dir: String) throws -> TrainCheckpointManifest {
+        let path = (dir as NSString).appendingPathComponent(manifestName)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TrainError.file(path, "missing: not a complete checkpoint (the manifest is written last)")
+        }
+        let m: TrainCheckpointManifest
+        do { m = try JSONDecoder().decode(TrainCheckpointManifest.self, from: data) } catch {
+            throw TrainError.file(path, "not a training checkpoint manifest: \(error)")
+        }
+        guard m.format == formatName else { throw TrainError.file(path, "format '\(m.format)' is not '\(formatName)'") }
+        guard m.formatVersion <= currentVersion else {
+            throw TrainError.file(path, "format version \(m.formatVersion) is newer than this pixellm reads (\(currentVersion))")
+        }
+        guard m.files.count == m.worldSize, m.layout.worldSize == m.worldSize else {
+            throw TrainError.file(path, "\(m.files.count) rank files and a layout for \(m.layout.worldSize) ranks in a world of \(m.worldSize)")
+        }
+        return m
+    }
+
+    /// Checks every rank file's size and CRC-32 against the manifest; the error names the file.
+    public func verifyFiles(in dir: String) throws {
+        for f in files {
+            let path = (dir as NSString).appendingPathComponent(f.name)
+            guard let attrs = try? FileManager.default.attributesOfItem(atPath: path), let size = attrs[.size] as? Int else {
+                throw TrainError.file(path, "missing (the manifest lists it)")
+            }
+            guard size == f.bytes else { throw TrainError.file(path, "\(size) bytes, the manifest says \(f.bytes) (truncated or replaced?)") }
+            let crc = try TrainCheckpoint.fileCRC(path)
+            guard crc == f.crc32 else {
+                throw TrainError.file(path, "CRC-32 \(String(crc, radix: 16)) differs from the manifest's \(String(f.crc32, radix: 16)) (damaged)")
+            }
+        }
+    }
+}
+
+public enum TrainCheckpoint {
+    public static let latestName = "latest"
+
+    public static func fileCRC(_ path: String) throws -> UInt32 {
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw TrainError.file(path, "cannot be opened") }
+        defer { try? fh.close() }
+        var crc: UInt32 = 0
+        while true {
+            let chunk = fh.readData(ofLength: 1 << 22)
+            if chunk.isEmpty { break }
+            crc = chunk.withUnsafeBytes { CRC32.checksum($0, initial: crc) }
+        }
+        return crc
+    }
+
+    /// The checkpoint directory a path means: a checkpoint (has manifest.json) or a run directory (its `latest`).
+    public static func resolve(_ path: String) throws -> String {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: (path as NSString).appendingPathComponent(TrainCheckpointManifest.manifestName)) { return path }
+        let latest = (path as NSString).appendingPathComponent(latestName)
+        guard let data = fm.contents(atPath: latest), let rel = String(data: data, encoding: .utf8)?
+            .trimmingCharacters(in: .whitespacesAndNewlines), !rel.isEmpty else {
+            throw TrainError.file(path, "neither a checkpoint (no \(TrainCheckpointManifest.manifestName)) nor a run directory with a '\(latestName)' file")
+        }
+        guard !rel.hasPrefix("/"), !rel.split(separator: "/").contains("..") else {
+            throw TrainError.file(latest, "'\(rel)' leaves the run directory")
+        }
+        return (path as NSString).appendingPathComponent(rel)
+    }
+
+    /// Writes this rank's file and (rank 0) the manifest and `latest`. Collective: every rank calls it.
+    public static func save(run: String, optimizer opt: ZeroAdamW, manifest base: TrainCheckpointManifest,
+                            keep limit: Int?) throws -> String {
+        let comm = opt.comm
+        let name = TrainCheckpointManifest.directoryName(step: base.step)
+        let rel = "checkpoints/" + name
+        let dir = (run as NSString).appendingPathComponent(rel)
+        var failure: String?
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let L = opt.buckets.layout
+            var tensors: [String: Tensor] = [:]
+            for b in L.buckets.indices {
+                let own = L.ownedRange(b, rank: comm.rank), s = L.sliceLength(b)
+                let values = Tensor(Array(UnsafeBufferPointer(start: opt.buckets.values[b].ptr + own.lowerBound, count: own.count)),
+                                    shape: [own.count])
+                let stateBase = opt.stage == 0 ? comm.rank * s : 0
+                tensors["b\(b)/value"] = values
+                tensors["b\(b)/m"] = Tensor(Array(UnsafeBufferPointer(start: opt.m[b].ptr + stateBase, count: own.count)), shape: [own.count])
+                tensors["b\(b)/v"] = Tensor(Array(UnsafeBufferPointer(start: opt.v[b].ptr + stateBase, count: own.count)), shape: [own.count])
+            }
+            let path = (dir as NSString).appendingPathComponent(TrainCheckpointManifest.rankFileName(comm.rank, of: comm.size))
+            try TensorFile.write(tensors, to: path, attributes: ["format": TrainCheckpointManifest.formatName])
+        } catch {
+            failure = "\(error)"
+        }
+        // every rank reports; any failure fails the save on every rank (the previous checkpoint stays `latest`)
+        let failed = comm.allreduce(Int32(failure == nil ? 0 : 1), op: .sum)
+        if failed > 0 {
+            throw TrainError.file(dir, "checkpoint not written (\(failed) rank(s) failed)" + (failure.map { ": \($0)" } ?? ""))
+        }
+        let mine = (dir as NSString).appendingPathComponent(TrainCheckpointManifest.rankFileName(comm.rank, of: comm.size))
+        let size = ((try? FileManager.default.attributesOfItem(atPath: mine))?[.size] as? Int) ?? -1
+        let crc = try fileCRC(mine)
+        let sizes = comm.allgather([Int64(size)]), crcs = comm.allgather([Int64(crc)])
+        var result: Int32 = 0
+        if comm.rank == 0 {
+            do {
+                var m = base
+                m.files = (0..<comm.size).map {
+                    .init(name: TrainCheckpointManifest.rankFileName($0, of: comm.size), bytes: Int(sizes[$0]), crc32: UInt32(crcs[$0]))
+                }
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try AtomicFile.write(Array(try enc.encode(m)), to: (dir as NSString).appendingPathComponent(TrainCheckpointManifest.manifestName),
+                                     error: { TrainError.file($0, $1) })
+                try AtomicFile.write(Array((rel + "\n").utf8), to: (run as NSString).appendingPathComponent(latestName),
+                                     error: { TrainError.file($0, $1) })
+                if let limit { try prune(run: run, keep: limit) }
+            } catch {
+                result = 1
+                FileHandle.standardError.write(Data("checkpoint: \(error)\n".utf8))
+            }
+        }
+        if comm.allreduce(result, op: .sum) > 0 { throw TrainError.file(dir, "the manifest or 'latest' could not be written") }
+        return dir
+    }
+
+    /// Removes the oldest complete checkpoints beyond `keep` (never the one `latest` names).
+    static func prune(run: String, keep: Int) throws {
+        let root = (run as NSString).appendingPathComponent("checkpoints")
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step-") }.sorted()
+        let latest = (try? resolve(run)).map { ($0 as NSString).lastPathComponent }
+        let complete = names.filter {
+            FileManager.default.fileExists(atPath: (root as NSString).appendingPathComponent($0 + "/" + TrainCheckpointManifest.manifestName))
+        }
+        guard complete.count > keep else { return }
+        for n in complete.prefix(complete.count - keep) where n != latest {
+            try? FileManager.default.removeItem(atPath: (root as NSString).appendingPathComponent(n))
+        }
+    }
+
+    /// The full (unpadded) values, m and v of every bucket, assembled from all rank files of a checkpoint.
+    public static func readFull(_ dir: String, manifest m: TrainCheckpointManifest) throws -> (values: [[Float]], m: [[Float]], v: [[Float]]) {
+        let L = m.layout
+        var values = L.buckets.map { [Float](repeating: 0, count: $0.count) }
+        var mm = values, vv = values
+        for r in 0..<m.worldSize {
+            let path = (dir as NSString).appendingPathComponent(m.files[r].name)
+            for b in L.buckets.indices {
+                let own = L.ownedRange(b, rank: r)
+                for (key, dst) in [("value", 0), ("m", 1), ("v", 2)] {
+                    let t: Tensor
+                    do { t = try TensorFile.read(path, name: "b\(b)/\(key)") } catch {
+                        throw TrainError.file(path, "dataset b\(b)/\(key): \(error)")
+                    }
+                    guard t.count == own.count else {
+                        throw TrainError.file(path, "b\(b)/\(key) has \(t.count) elements, the layout gives rank \(r) \(own.count)")
+                    }
+                    let a = t.toArray()
+                    switch dst {
+                    case 0: values[b].replaceSubrange(own, with: a)
+                    case 1: mm[b].replaceSubrange(own, with: a)
+                    default: vv[b].replaceSubrange(own, with: a)
+                    }
+                }
+            }
+        }
+        return (values, mm, vv)
+    }
+
+    /// Loads a checkpoint into the optimizer of this run (any world size): values into every replica, this rank's
+    /// m and v. The layouts must hold the same tensors.
+    public static func restore(_ dir: String, manifest m: TrainCheckpointManifest, into opt: ZeroAdamW) throws {
+        let L = opt.buckets.layout
+        guard m.layout.signature == L.signature, m.layout.capElements == L.capElements else {
+            throw TrainError.mismatch(field: "trainable parameters", "the checkpoint \(dir) holds other trainable tensors or buckets than this run (--trainable, LoRA or the model config differ)")
+        }
+        let full = try readFull(dir, manifest: m)
+        for b in L.buckets.indices {
+            let vals = opt.buckets.values[b].ptr
+            vals.update(repeating: 0, count: L.buckets[b].padded)
+            vals.update(from: full.values[b], count: full.values[b].count)
+        }
+        opt.buckets.scatterValues()
+        var newM: [[Float]] = [], newV: [[Float]] = []
+        for b in L.buckets.indices {
+            let padded = L.buckets[b].padded, s = L.sliceLength(b)
+            var pm = full.m[b] + [Float](repeating: 0, count: padded - full.m[b].count)
+            var pv = full.v[b] + [Float](repeating: 0, count: padded - full.v[b].count)
+            if opt.stage != 0 {
+                pm = Array(pm[(opt.comm.rank * s)..<((opt.comm.rank + 1) * s)])
+                pv = Array(pv[(opt.comm.rank * s)..<((opt.comm.rank + 1) * s)])
+            }
+            newM.append(pm)
+            newV.append(pv)
+        }
+        opt.restore(step: m.adamStep, m: newM, v: newV)
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+import PixelData
+import PixelModel
+import PixelTensor
+import PixelText
+
+/// The model a run trains, built the same way by `train` (every rank) and `consolidate`:
+///   --config: PixelLMForCausalLM at that config, initialised from the run's seed (CLIP and every frozen tensor
+///             included, so the seed reproduces them), SEG ids from the shards' tokenizer;
+///   --version: a PixelLM checkpoint directory (frozen tensors come from it).
+public struct TrainModelSource {
+    public let model: PixelLMForCausalLM
+    public let tokenizerDirectory: String
+    public let table: ParameterTable
+
+    public static func configPath(_ p: String) -> String {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), isDir.boolValue {
+            return (p as NSString).appendingPathComponent(PixelLMCheckpoint.configName)
+        }
+        return p
+    }
+
+    /// Groups that train: "released", "all", or a comma list of group names.
+    public static func trainableGroups(_ spec: String) throws -> Set<ParameterGroup> {
+        switch spec {
+        case "released": return ParameterTable.releasedTrainableGroups
+        case "all": return Set(ParameterGroup.allCases)
+        default:
+            do { return Set(try ParameterGroup.parseList(spec)) } catch {
+                throw TrainError.option("--trainable", "\(error) (or 'released' / 'all')")
+            }
+        }
+    }
+
+    public init(options o: TrainOptions, tokenizerDirectory tokDir: String) throws {
+        let tok: Tokenizer
+        do { tok = try Tokenizer(directory: tokDir) } catch { throw TrainError.file(tokDir, "tokenizer: \(error)") }
+        let perTarget = o.segTokenNum * o.imageFeatureScaleNum
+        do { try tok.requirePixelLMTokens(segTokenCount: perTarget) } catch { throw TrainError.file(tokDir, "\(error)") }
+        if let c = o.config {
+            let path = Self.configPath(c)
+            let config = try PixelLMConfig.load(path)
+            if config.segTokenNum != o.segTokenNum || config.imageFeatureScaleNum != o.imageFeatureScaleNum {
+                throw TrainError.mismatch(field: "seg_token_num / image_feature_scale_num",
+                                          "\(path) says \(config.segTokenNum) x \(config.imageFeatureScaleNum), the options \(o.segTokenNum) x \(o.imageFeatureScaleNum)")
+            }
+            guard tok.vocabSize <= config.vocabSize else {
+                throw TrainError.mismatch(field: "vocab_size", "\(path) has \(config.vocabSize) rows, the tokenizer \(tokDir) \(tok.vocabSize) tokens")
+            }
+            var rng = RNG(seed: o.seed)
+            model = PixelLMForCausalLM(config: config, segTokenIds: tok.segIds, rng: &rng)
+        } else if let v = o.version {
+            let (m, _) = try PixelLMModelDirectory.open(v, visionTower: o.visionTower, segTokenIds: tok.segIds)
+            model = m
+        } else {
+            throw TrainError.option("--version", "give --version DIR or --config DIR|FILE")
+        }
+        tokenizerDirectory = tokDir
+        table = ParameterTable(model: model, trainableGroups: try Self.trainableGroups(o.trainable))
+    }
+
+    /// Trainable tensors in bucket order: the reverse of the checkpoint order, so that the decoder side (whose
+    /// gradients backward produces first) fills the first buckets.
+    public var trainableInBucketOrder: [ParameterEntry] { Array(table.trainable.reversed()) }
+
+    /// CRC-32 over every parameter's bytes (replicas must agree before training).
+    public func weightsCRC() -> UInt32 {
+        var crc: UInt32 = 0
+        for e in table.entries {
+            let t = e.tensor.contiguousData()
+            crc = CRC32.checksum(UnsafeRawBufferPointer(start: t.ptr, count: t.count * 4), initial: crc)
+        }
+        return crc
+    }
+}

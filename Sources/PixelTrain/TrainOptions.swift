@@ -1,0 +1,129 @@
+import Foundation
+
+/// Everything a training run is configured with (the reference's `train_ds.py` options, in its spelling in the
+/// JSON). Saved in every checkpoint manifest; rank 0's copy is the plan every rank checks its own against.
+public struct TrainOptions: Codable, Equatable, Sendable {
+    /// A PixelLM checkpoint directory to start from (`--version`); nil with `config`.
+    public var version: String?
+    /// A model config (directory with config.json, or the file) for a fresh initialisation.
+    public var config: String?
+    /// CLIP tower for `version` directories without one.
+    public var visionTower: String?
+    /// Prepared shards (index.json).
+    public var datasetDir = ""
+    public var dataset = "sem_seg||refer_seg||vqa||multi_reason_seg"
+    public var sampleRates = "2,9,2,4"
+    public var segTokenNum = 3
+    public var imageFeatureScaleNum = 2
+    public var numClassesPerQuestion = 3
+    /// Images per rank per micro-batch.
+    public var batchSize = 2
+    public var gradAccumulationSteps = 10
+    public var lr: Float = 0.0003
+    public var epochs = 10
+    public var stepsPerEpoch = 500
+    public var warmupSteps = 100
+    public var weightDecay: Float = 0
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.95
+    public var gradientClipping: Float = 1.0
+    public var ceLossWeight: Float = 1.0
+    public var bceLossWeight: Float = 2.0
+    public var diceLossWeight: Float = 0.5
+    public var zeroStage = 2
+    public var seed: UInt64 = 42
+    public var logBaseDir = "./runs"
+    public var expName = "pixellm"
+    public var saveSteps = 500
+    public var saveTotalLimit: Int?
+    /// Total optimizer steps (overrides epochs x steps_per_epoch, as HF's max_steps).
+    public var maxSteps: Int?
+    /// Trainable groups: "released" (the reference's recipe) or "all", or a comma list of ParameterGroup names.
+    public var trainable = "released"
+    /// Ids are truncated to model_max_length - 255 in training, as the reference's collate does.
+    public var modelMaxLength = 512
+    /// Bucket size in MiB (elements are fp32; a fraction is allowed).
+    public var bucketMiB: Double = 4
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case version, config, visionTower = "vision_tower", datasetDir = "dataset_dir", dataset, sampleRates = "sample_rates"
+        case segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
+        case numClassesPerQuestion = "num_classes_per_question", batchSize = "batch_size"
+        case gradAccumulationSteps = "grad_accumulation_steps", lr, epochs, stepsPerEpoch = "steps_per_epoch"
+        case warmupSteps = "warmup_steps", weightDecay = "weight_decay", beta1, beta2, gradientClipping = "gradient_clipping"
+        case ceLossWeight = "ce_loss_weight", bceLossWeight = "bce_loss_weight", diceLossWeight = "dice_loss_weight"
+        case zeroStage = "zero_stage", seed, logBaseDir = "log_base_dir", expName = "exp_name", saveSteps = "save_steps"
+        case saveTotalLimit = "save_total_limit", maxSteps = "max_steps", trainable, modelMaxLength = "model_max_length"
+        case bucketMiB = "bucket_mib"
+    }
+
+    /// Optimizer steps of the whole run.
+    public var totalSteps: Int { maxSteps ?? epochs * stepsPerEpoch }
+    public var runDirectory: String { (logBaseDir as NSString).appendingPathComponent(expName) }
+    /// Elements per gradient bucket.
+    public var bucketElements: Int { max(1, Int(bucketMiB * Double(1 << 18))) }
+
+    /// Checks the values; errors name the option.
+    public func validate() throws {
+        func fail(_ o: String, _ why: String) throws { throw TrainError.option("--\(o)", why) }
+        if (version == nil) == (config == nil) { try fail("version", "give exactly one of --version DIR and --config DIR|FILE") }
+        if datasetDir.isEmpty { try fail("dataset-dir", "is required (prepared shards, or a dataset tree to prepare)") }
+        if batchSize < 1 { try fail("batch-size", "\(batchSize) must be >= 1") }
+        if gradAccumulationSteps < 1 { try fail("grad-accumulation-steps", "\(gradAccumulationSteps) must be >= 1") }
+        if !(lr > 0) || !lr.isFinite { try fail("lr", "\(lr) must be a positive number") }
+        if epochs < 1 { try fail("epochs", "\(epochs) must be >= 1") }
+        if stepsPerEpoch < 1 { try fail("steps-per-epoch", "\(stepsPerEpoch) must be >= 1") }
+        if warmupSteps < 0 { try fail("warmup-steps", "\(warmupSteps) must be >= 0") }
+        if let m = maxSteps, m < 1 { try fail("max-steps", "\(m) must be >= 1") }
+        if weightDecay < 0 || !weightDecay.isFinite { try fail("weight-decay", "\(weightDecay) must be >= 0") }
+        if !(beta1 >= 0 && beta1 < 1) { try fail("beta1", "\(beta1) must be in [0, 1)") }
+        if !(beta2 >= 0 && beta2 < 1) { try fail("beta2", "\(beta2) must be in [0, 1)") }
+        if gradientClipping < 0 || !gradientClipping.isFinite { try fail("gradient-clipping", "\(gradientClipping) must be >= 0 (0: off)") }
+        for (n, w) in [("ce-loss-weight", ceLossWeight), ("bce-loss-weight", bceLossWeight), ("dice-loss-weight", diceLossWeight)]
+            where w < 0 || !w.isFinite { try fail(n, "\(w) must be >= 0") }
+        if ![0, 1, 2].contains(zeroStage) { try fail("zero-stage", "\(zeroStage) is not 0, 1 or 2") }
+        if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }
+        if let l = saveTotalLimit, l < 1 { try fail("save-total-limit", "\(l) must be >= 1") }
+        if segTokenNum < 1 { try fail("seg-token-num", "\(segTokenNum) must be >= 1") }
+        if ![1, 2].contains(imageFeatureScaleNum) { try fail("image-feature-scale-num", "\(imageFeatureScaleNum) is not 1 or 2") }
+        if modelMaxLength < 256 { try fail("model-max-length", "\(modelMaxLength) must be >= 256 (ids are cut to model_max_length - 255)") }
+        if !(bucketMiB >= 1.0 / 1024 && bucketMiB <= 4096) { try fail("bucket-mib", "\(bucketMiB) must be in 1/1024...4096") }
+        if expName.isEmpty || expName.contains("/") { try fail("exp-name", "'\(expName)' must be a non-empty name without '/'") }
+    }
+}
+
+/// The reference's WarmupDecayLR (DeepSpeed, warmup_type "linear", warmup_min_lr 0): the k-th optimizer step
+/// (k = 0, 1, ...) uses lr * k / warmup while k < warmup, then lr * max(0, (total - k) / (total - warmup)).
+public struct WarmupDecayLR: Codable, Equatable, Sendable {
+    public var maxLR: Float
+    public var warmupSteps: Int
+    public var totalSteps: Int
+
+    public init(maxLR: Float, warmupSteps: Int, totalSteps: Int) {
+        self.maxLR = maxLR
+        self.warmupSteps = warmupSteps
+        self.totalSteps = totalSteps
+    }
+
+    public func lr(step k: Int) -> Float {
+        if k < warmupSteps { return Float(Double(maxLR) * Double(k) / Double(warmupSteps)) }
+        let span = Double(max(1, totalSteps - warmupSteps))
+        return Float(Double(maxLR) * max(0, Double(totalSteps - k) / span))
+    }
+}
+
+public enum TrainError: Error, CustomStringConvertible {
+    case option(String, String)
+    case file(String, String)
+    case mismatch(field: String, String)
+
+    public var description: String {
+        switch self {
+        case let .option(o, why): return "\(o): \(why)"
+        case let .file(f, why): return "\(f): \(why)"
+        case let .mismatch(field, why): return "\(field): \(why)"
+        }
+    }
+}

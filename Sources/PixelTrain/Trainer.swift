@@ -1,0 +1,314 @@
+import Foundation
+import PixelData
+import PixelDistributed
+import PixelModel
+import PixelTensor
+
+/// One training run on one rank (`pixellm train`; docs/training.md).
+///
+/// Every step: this rank's picks of the global sequence (positions consumed + r + kN), grad_accumulation_steps
+/// micro-batches of batch_size images; the supervised-token and mask counts of the whole global batch are
+/// allreduced first, so each micro-batch's loss is ce_w * CE_sum / tokens + (bce_w * BCE_sum + dice_w * DICE_sum)
+/// / masks over the global counts and the summed gradients are exactly one rank's gradient of the same global
+/// batch (the reference averages per-rank means instead); then the sharded AdamW step.
+public final class Trainer {
+    public let options: TrainOptions
+    public let comm: any Communicator
+    public let source: TrainModelSource
+    public let reader: ShardReader
+    public let mixture: ShardMixture
+    public let batches: ShardBatches
+    public let optimizer: ZeroAdamW
+    public let schedule: WarmupDecayLR
+    public let datasetChecksum: String
+    public private(set) var step = 0
+    public private(set) var consumedSamples = 0
+    public private(set) var skippedUpdates = 0
+    /// Lines of the metrics log written this process (rank 0), for tests.
+    public private(set) var history: [[String: Double]] = []
+    public var stopAtStep: Int?
+    public var timeBudget: Double?
+    public var trace = false
+    public var quiet = false
+    let start = Date()
+    var traceEvents: [[String: Any]] = []
+
+    public var runDirectory: String { options.runDirectory }
+    public var globalBatch: Int { options.batchSize * options.gradAccumulationSteps * comm.size }
+
+    public init(options: TrainOptions, comm: any Communicator) throws {
+        try options.validate()
+        self.options = options
+        self.comm = comm
+        reader = try ShardReader(directory: options.datasetDir)
+        let indexPath = (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)
+        let indexBytes = FileManager.default.contents(atPath: indexPath) ?? Data()
+        datasetChecksum = String(indexBytes.withUnsafeBytes { CRC32.checksum($0) }, radix: 16)
+        let tokDir = reader.manifest.options.tokenizerPath
+        source = try TrainModelSource(options: options, tokenizerDirectory: tokDir)
+        mixture = try ShardMixture(reader: reader, dataset: options.dataset, sampleRates: options.sampleRates, seed: options.seed)
+        batches = try ShardBatches(reader: reader, config: source.model.config, segTokenIds: source.model.segTokenIds,
+                                   modelMaxLength: options.modelMaxLength)
+        source.table.setRequiresGrad()
+        let entries = source.trainableInBucketOrder
+        guard !entries.isEmpty else { throw TrainError.option("--trainable", "'\(options.trainable)' leaves nothing to train") }
+        let layout = BucketLayout(tensors: entries.map { ($0.name, $0.tensor.shape) }, worldSize: comm.size,
+                                  capElements: options.bucketElements)
+        let flat = FlatBuckets(layout: layout, tensors: entries.map(\.tensor))
+        optimizer = ZeroAdamW(buckets: flat, comm: comm, stage: options.zeroStage, betas: (options.beta1, options.beta2),
+                              weightDecay: options.weightDecay)
+        schedule = WarmupDecayLR(maxLR: options.lr, warmupSteps: options.warmupSteps, totalSteps: options.totalSteps)
+    }
+
+    // MARK: - the coordinator's checks
+
+    /// Every rank must run the same plan: rank 0 broadcasts its options, model config and dataset checksum; a rank
+    /// that differs aborts the job naming itself and the field. Then the replicas must hold identical weights.
+    public func checkPlan() {
+        struct Plan: Codable { var options: TrainOptions; var config: PixelLMConfig; var dataset: String; var world: Int }
+        let mine = Plan(options: options, config: source.model.config, dataset: datasetChecksum, world: comm.size)
+        let enc = JSONEncoder()
+        enc.outputFormatting = .sortedKeys
+        let bytes = (try? enc.encode(mine)).map { Array($0) } ?? []
+        let n = comm.broadcast(Int64(bytes.count), root: 0)
+        var buf = comm.rank == 0 ? bytes : [UInt8](repeating: 0, count: Int(n))
+        comm.broadcast(&buf, root: 0)
+        var problem: String?
+        if comm.rank != 0 {
+            if let p = try? JSONDecoder().decode(Plan.self, from: Data(buf)) {
+                let a = Self.fields(p.options), b = Self.fields(options)
+                let diff = Set(a.keys).union(b.keys).filter { a[$0] != b[$0] }.sorted()
+                if !diff.isEmpty {
+                    problem = "options differ from rank 0's: " + diff.map { "\($0) = \(b[$0] ?? "nil") (rank 0: \(a[$0] ?? "nil"))" }.joined(separator: ", ")
+                } else if p.config != source.model.config {
+                    problem = "the model config differs from rank 0's"
+                } else if p.dataset != datasetChecksum {
+                    problem = "the dataset (\(options.datasetDir)/index.json checksum \(datasetChecksum)) differs from rank 0's (\(p.dataset))"
+                }
+            } else {
+                problem = "cannot read rank 0's plan"
+            }
+        }
+        if let problem { comm.abort(message: "train: rank \(comm.rank): \(problem)") }
+        comm.barrier()
+        let crcs = comm.allgather([Int64(source.weightsCRC())])
+        if let bad = crcs.firstIndex(where: { $0 != crcs[0] }) {
+            comm.abort(message: "train: rank \(bad)'s initial weights differ from rank 0's (CRC-32 \(String(UInt32(crcs[bad]), radix: 16)) vs \(String(UInt32(crcs[0]), radix: 16)))")
+        }
+    }
+
+    static func fields(_ o: TrainOptions) -> [String: String] {
+        guard let d = try? JSONEncoder().encode(o), let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
+        return obj.mapValues { "\($0)" }
+    }
+
+    // MARK: - resume
+
+    /// Resumes from a checkpoint (a checkpoint directory or a run directory's `latest`). The model config and the
+    /// dataset must be the ones of the checkpoint; the world size may differ (the optimizer state is resharded).
+    public func resume(from path: String) throws {
+        let dir = try TrainCheckpoint.resolve(path)
+        let m = try TrainCheckpointManifest.load(dir)
+        try m.verifyFiles(in: dir)
+        if m.config != source.model.config {
+            let a = Self.configFields(m.config), b = Self.configFields(source.model.config)
+            let diff = Set(a.keys).union(b.keys).filter { a[$0] != b[$0] }.sorted()
+            throw TrainError.mismatch(field: diff.first.map { "config." + $0 } ?? "config",
+                                      "the checkpoint \(dir) was trained with another model config (\(diff.map { "\($0): \(a[$0] ?? "nil") there, \(b[$0] ?? "nil") here" }.joined(separator: "; ")))")
+        }
+        if m.datasetChecksum != datasetChecksum {
+            throw TrainError.mismatch(field: "dataset", "the checkpoint \(dir) was trained on other shards (index.json checksum \(m.datasetChecksum), here \(datasetChecksum))")
+        }
+        for (name, a, b) in [("seed", "\(m.options.seed)", "\(options.seed)"), ("sample_rates", m.options.sampleRates, options.sampleRates),
+                             ("dataset", m.options.dataset, options.dataset), ("trainable", m.options.trainable, options.trainable)] where a != b {
+            throw TrainError.mismatch(field: name, "the checkpoint \(dir) has \(a), this run \(b)")
+        }
+        try TrainCheckpoint.restore(dir, manifest: m, into: optimizer)
+        step = m.step
+        consumedSamples = m.consumedSamples
+        skippedUpdates = m.skippedUpdates
+        if comm.rank == 0 && !quiet {
+            print("resumed from \(dir): step \(step), \(consumedSamples) samples consumed (written by \(m.worldSize) rank(s), ZeRO-\(m.zeroStage); now \(comm.size), ZeRO-\(options.zeroStage))")
+            let g = m.options.batchSize * m.options.gradAccumulationSteps * m.worldSize
+            if g != globalBatch { print("note: the global batch was \(g) samples per step, now \(globalBatch)") }
+        }
+    }
+
+    static func configFields(_ c: PixelLMConfig) -> [String: String] {
+        guard let d = try? JSONEncoder().encode(c), let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
+        return obj.mapValues { "\($0)" }
+    }
+
+    // MARK: - the loop
+
+    public struct StepMetrics {
+        public var step: Int, lr: Float, loss: Double, ce: Double, bce: Double, dice: Double
+        public var gradNorm: Double, clippedNorm: Double, skipped: Bool
+        public var samples: Int, tokens: Int, masks: Int
+        public var dataSeconds: Double, forwardSeconds: Double, backwardSeconds: Double, commSeconds: Double, optimizerSeconds: Double
+        public var seconds: Double
+    }
+
+    /// One optimizer step.
+    public func trainStep() throws -> StepMetrics {
+        let t0 = Date()
+        let bs = options.batchSize, ga = options.gradAccumulationSteps
+        let picks = mixture.next(rank: comm.rank, worldSize: comm.size, consumedSamples: consumedSamples, count: bs * ga)
+        var micro: [PixelLMBatch] = []
+        for k in 0..<ga { micro.append(try batches.batch(samples: picks[(k * bs)..<((k + 1) * bs)].map(\.sample))) }
+        let counts = micro.map(ShardBatches.counts)
+        var global = [Int64(counts.reduce(0) { $0 + $1.tokens }), Int64(counts.reduce(0) { $0 + $1.masks })]
+        comm.allreduce(&global, op: .sum)
+        let tokens = Double(global[0]), masks = Double(global[1])
+        let dataSeconds = Date().timeIntervalSince(t0)
+        addTrace("data", t0, dataSeconds)
+
+        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0
+        optimizer.exposedCommSeconds = 0
+        optimizer.updateSeconds = 0
+        for (k, batch) in micro.enumerated() {
+            optimizer.beginMicroBatch()
+            let tf = Date()
+            let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch)
+            fwd += Date().timeIntervalSince(tf)
+            addTrace("forward \(k)", tf, Date().timeIntervalSince(tf))
+            if let out {
+                let nt = Double(counts[k].tokens), nm = Double(out.losses.maskCount)
+                let a = tokens > 0 ? Float(Double(options.ceLossWeight) * nt / tokens) : 0
+                let b = masks > 0 ? Float(Double(options.bceLossWeight) * nm / masks) : 0
+                let c = masks > 0 ? Float(Double(options.diceLossWeight) * nm / masks) : 0
+                let loss = out.losses.ce * a + out.losses.bce * b + out.losses.dice * c
+                ce += Double(out.losses.ce.item) * nt
+                bce += Double(out.losses.bce.item) * nm
+                dice += Double(out.losses.dice.item) * nm
+                let tb = Date()
+                if loss.requiresGrad {
+                    loss.backward(onLeafComplete: { [optimizer] in optimizer.leafComplete($0) }, afterNode: { [optimizer] in optimizer.progress() })
+                }
+                bwd += Date().timeIntervalSince(tb)
+                addTrace("backward \(k)", tb, Date().timeIntervalSince(tb))
+            }
+            optimizer.endMicroBatch()
+        }
+        let lr = schedule.lr(step: step)
+        let report = optimizer.update(lr: lr, maxGradNorm: options.gradientClipping > 0 ? options.gradientClipping : nil)
+        if report.skipped { skippedUpdates += 1 }
+        step += 1
+        consumedSamples += globalBatch
+        var sums = [ce, bce, dice]
+        comm.allreduce(&sums, op: .sum)
+        let ceMean = tokens > 0 ? sums[0] / tokens : 0, bceMean = masks > 0 ? sums[1] / masks : 0, diceMean = masks > 0 ? sums[2] / masks : 0
+        let loss = Double(options.ceLossWeight) * ceMean + Double(options.bceLossWeight) * bceMean + Double(options.diceLossWeight) * diceMean
+        return StepMetrics(step: step, lr: lr, loss: loss, ce: ceMean, bce: bceMean, dice: diceMean,
+                           gradNorm: report.gradNorm, clippedNorm: report.clippedNorm, skipped: report.skipped,
+                           samples: globalBatch, tokens: Int(tokens), masks: Int(masks), dataSeconds: dataSeconds,
+                           forwardSeconds: fwd, backwardSeconds: bwd, commSeconds: optimizer.exposedCommSeconds,
+                           optimizerSeconds: optimizer.updateSeconds, seconds: Date().timeIntervalSince(t0))
+    }
+
+    /// The checkpoint of the current state (collective).
+    @discardableResult
+    public func save() throws -> String {
+        let m = TrainCheckpointManifest(worldSize: comm.size, zeroStage: options.zeroStage, step: step, adamStep: optimizer.step,
+                                        consumedSamples: consumedSamples, skippedUpdates: skippedUpdates,
+                                        layout: optimizer.buckets.layout, files: [], options: options,
+                                        config: source.model.config, datasetChecksum: datasetChecksum,
+                                        segTokenIds: source.model.segTokenIds, tokenizer: source.tokenizerDirectory,
+                                        created: ISO8601DateFormatter().string(from: Date()))
+        return try TrainCheckpoint.save(run: runDirectory, optimizer: optimizer, manifest: m, keep: options.saveTotalLimit)
+    }
+
+    /// Trains until the last step (or a clean stop), logging on rank 0 and saving every save_steps and at the end.
+    public func run() throws {
+        let total = options.totalSteps
+        let metricsPath = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
+        if comm.rank == 0 { try prepareMetricsLog(metricsPath) }
+        let runStart = Date()
+        var samplesDone = 0
+        while step < total {
+            if let s = stopAtStep, step >= s { break }
+            if let budget = timeBudget {
+                let over = comm.allreduce(Int32(Date().timeIntervalSince(runStart) >= budget ? 1 : 0), op: .max)
+                if over > 0 { break }
+            }
+            let m = try trainStep()
+            samplesDone += m.samples
+            if comm.rank == 0 { try log(m, to: metricsPath, total: total, elapsed: Date().timeIntervalSince(runStart), samples: samplesDone) }
+            if step % options.saveSteps == 0 && step < total { try save() }
+        }
+        let path = try save()
+        if trace { try writeTrace() }
+        if comm.rank == 0 && !quiet {
+            print(step >= total ? "done: \(step) steps; checkpoint \(path)" : "stopped at step \(step) of \(total); checkpoint \(path) (resume with the same command)")
+        }
+    }
+
+    func prepareMetricsLog(_ path: String) throws {
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        // a resumed run keeps the lines up to its step (a crash after the checkpoint may have written more)
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else { return }
+        let keep = text.split(separator: "\n").filter { line in
+            guard let d = line.data(using: .utf8), let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
+                  let s = o["step"] as? Int else { return false }
+            return s <= step
+        }
+        try AtomicFile.write(Array((keep.joined(separator: "\n") + (keep.isEmpty ? "" : "\n")).utf8), to: path, error: { TrainError.file($0, $1) })
+    }
+
+    func log(_ m: StepMetrics, to path: String, total: Int, elapsed: Double, samples: Int) throws {
+        let sps = Double(samples) / max(elapsed, 1e-9)
+        let line: [String: Any] = [
+            "step": m.step, "loss": m.loss, "ce": m.ce, "bce": m.bce, "dice": m.dice, "lr": Double(m.lr),
+            "grad_norm": m.gradNorm, "grad_norm_clipped": m.clippedNorm, "skipped": m.skipped, "skipped_total": skippedUpdates,
+            "samples": m.samples, "tokens": m.tokens, "masks": m.masks, "samples_per_s": Double(m.samples) / max(m.seconds, 1e-9),
+            "data_s": m.dataSeconds, "forward_s": m.forwardSeconds, "backward_s": m.backwardSeconds,
+            "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
+        ]
+        history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
+        let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
+        if let fh = FileHandle(forWritingAtPath: path) ?? { FileManager.default.createFile(atPath: path, contents: nil); return FileHandle(forWritingAtPath: path) }() {
+            fh.seekToEndOfFile()
+            fh.write(data + Data("\n".utf8))
+            try? fh.close()
+        }
+        if !quiet {
+            let eta = Double(total - m.step) * elapsed / Double(max(1, m.step - (step - history.count)))
+            let bar = String(repeating: "#", count: 20 * m.step / max(total, 1)) + String(repeating: ".", count: 20 - 20 * m.step / max(total, 1))
+            print(String(format: "[%@] step %d/%d  loss %.4f (ce %.4f bce %.4f dice %.4f)  lr %.2e  |g| %.3f  %.2f samples/s  ETA %@%@",
+                         bar, m.step, total, m.loss, m.ce, m.bce, m.dice, Double(m.lr), m.gradNorm, sps, Self.clock(eta),
+                         m.skipped ? "  (update skipped: non-finite gradient)" : ""))
+            fflush(stdout)
+        }
+    }
+
+    static func clock(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "--:--" }
+        let t = Int(s)
+        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%02d:%02d", t / 60, t % 60)
+    }
+
+    // MARK: - trace
+
+    func addTrace(_ name: String, _ start: Date, _ seconds: Double) {
+        guard trace else { return }
+        traceEvents.append(["name": name, "ph": "X", "pid": comm.rank, "tid": 0,
+                            "ts": start.timeIntervalSince(self.start) * 1e6, "dur": seconds * 1e6])
+    }
+
+    /// Chrome-trace JSON (chrome://tracing, Perfetto): compute on thread 0, communication on thread 1.
+    func writeTrace() throws {
+        var events = traceEvents
+        for e in optimizer.traceEvents ?? [] {
+            events.append(["name": e.name, "ph": "X", "pid": comm.rank, "tid": 1,
+                           "ts": (e.start + optimizer.traceOrigin.timeIntervalSince(start)) * 1e6, "dur": e.seconds * 1e6])
+        }
+        let data = try JSONSerialization.data(withJSONObject: ["traceEvents": events, "displayTimeUnit": "ms"], options: [])
+        try AtomicFile.write(Array(data), to: (runDirectory as NSString).appendingPathComponent("trace-rank\(comm.rank).json"),
+                             error: { TrainError.file($0, $1) })
+    }
+
+    public func enableTrace() {
+        trace = true
+        optimizer.traceEvents = []
+    }
+}

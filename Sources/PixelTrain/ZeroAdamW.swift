@@ -1,0 +1,208 @@
+import Foundation
+import PixelDistributed
+import PixelModel
+import PixelTensor
+
+/// AdamW over flat buckets, data parallel, with the optimizer state sharded ZeRO-style.
+///
+///   stage 0  the DDP baseline: each bucket's gradient is allreduced (sum); every rank steps every element and
+///            keeps the whole m, v.
+///   stage 1  gradients reduce-scattered (sum) at the accumulation boundary; rank r steps its slice with its m, v;
+///            the updated slices are all-gathered into every replica.
+///   stage 2  as stage 1, but each bucket is reduce-scattered (non-blocking) as soon as backward has produced it,
+///            in every micro-batch, and the rank's slice is accumulated; `progress()` drives the outstanding
+///            collectives between backward kernels, so communication overlaps the rest of backward.
+///
+/// Gradients are summed, not averaged: the loss of every micro-batch is already normalised by the global counts
+/// (supervised tokens, masks) of the whole step, so N ranks compute the update that one rank computes for the same
+/// global batch. Global gradient-norm clipping (torch's clip_grad_norm_: coef = max / (norm + 1e-6), at most 1)
+/// uses the norm over all ranks' slices; a non-finite norm skips the update.
+public final class ZeroAdamW {
+    public let buckets: FlatBuckets
+    public let comm: any Communicator
+    public let stage: Int
+    public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    /// Optimizer steps taken (the AdamW bias-correction step).
+    public internal(set) var step = 0
+    /// Per bucket: the reduced gradient of the owned slice (stages 1, 2) [slice], m and v [slice] (stage 0: [padded]).
+    var reduced: [Tensor]
+    public internal(set) var m: [Tensor]
+    public internal(set) var v: [Tensor]
+    /// Stage 2: outstanding reduce-scatters (bucket, request, receive buffer).
+    var pending: [(bucket: Int, request: CommRequest, recv: Tensor)] = []
+    /// Stage 2: buckets whose every tensor's gradient is final in this micro-batch.
+    var remaining: [Int] = []
+    let bucketOf: [ObjectIdentifier: Int]
+    /// Seconds spent waiting on communication (exposed), and in the update, since the last `takeTimes()`.
+    public var exposedCommSeconds = 0.0
+    public var updateSeconds = 0.0
+    /// Trace events (name, start, duration in seconds) when tracing.
+    public var traceEvents: [(name: String, start: Double, seconds: Double)]? = nil
+    let traceOrigin = Date()
+
+    public init(buckets: FlatBuckets, comm: any Communicator, stage: Int, betas: (Float, Float), eps: Float = 1e-8,
+                weightDecay: Float) {
+        precondition([0, 1, 2].contains(stage), "ZeRO stage \(stage)")
+        precondition(buckets.layout.worldSize == comm.size, "layout for \(buckets.layout.worldSize) ranks, world of \(comm.size)")
+        self.buckets = buckets
+        self.comm = comm
+        self.stage = stage
+        beta1 = betas.0
+        beta2 = betas.1
+        self.eps = eps
+        self.weightDecay = weightDecay
+        let L = buckets.layout
+        let stateLen: (Int) -> Int = { b in stage == 0 ? L.buckets[b].padded : L.sliceLength(b) }
+        reduced = L.buckets.indices.map { Tensor.zeros([stage == 0 ? 0 : stateLen($0)]) }
+        m = L.buckets.indices.map { Tensor.zeros([stateLen($0)]) }
+        v = L.buckets.indices.map { Tensor.zeros([stateLen($0)]) }
+        bucketOf = buckets.bucketOfTensor()
+    }
+
+    /// Optimizer-state bytes held by this rank (m and v), and what one rank would hold without sharding.
+    public var stateBytes: (local: Int, unsharded: Int) {
+        (m.reduce(0) { $0 + $1.count } * 8, buckets.layout.totalElements * 8)
+    }
+
+    // MARK: micro-batches
+
+    /// Call before each micro-batch's backward.
+    public func beginMicroBatch() {
+        if stage == 2 {
+            remaining = buckets.layout.buckets.map { $0.params.count }
+        }
+    }
+
+    /// Backward's leaf hook: counts finished tensors; a finished bucket starts its reduce-scatter (stage 2).
+    public func leafComplete(_ t: Tensor) {
+        guard stage == 2, let b = bucketOf[ObjectIdentifier(t)] else { return }
+        remaining[b] -= 1
+        if remaining[b] == 0 { startReduce(b) }
+    }
+
+    /// Between backward kernels: lets the ring reduce-scatters advance (stage 2).
+    public func progress() {
+        guard stage == 2, !pending.isEmpty else { return }
+        for p in pending { _ = p.request.test() }
+    }
+
+    func startReduce(_ b: Int) {
+        let s = buckets.layout.sliceLength(b)
+        let recv = Tensor.zeros([s])
+        let t0 = Date()
+        let req = comm.ireduceScatter(UnsafeRawPointer(buckets.grads[b].ptr), into: UnsafeMutableRawPointer(recv.ptr), count: s,
+                                      datatype: .float32, op: .sum, algorithm: .default)
+        trace("reduce-scatter b\(b) start", t0, Date().timeIntervalSince(t0))
+        pending.append((b, req, recv))
+    }
+
+    /// After each micro-batch's backward. Stage 2: finishes its reduce-scatters (a bucket whose gradients never
+    /// arrived, e.g. unused in this micro-batch, is reduced now), accumulates the slices and clears the buffers.
+    public func endMicroBatch() {
+        guard stage == 2 else { return }
+        for b in remaining.indices where remaining[b] > 0 { remaining[b] = 0; startReduce(b) }
+        let t0 = Date()
+        for p in pending {
+            p.request.wait()
+            let dst = reduced[p.bucket].ptr, src = p.recv.ptr
+            for i in 0..<p.recv.count { dst[i] += src[i] }
+        }
+        let waited = Date().timeIntervalSince(t0)
+        exposedCommSeconds += waited
+        trace("reduce-scatter wait", t0, waited)
+        pending.removeAll()
+        buckets.zeroGradients()
+    }
+
+    // MARK: the update
+
+    public struct StepReport: Equatable, Sendable {
+        public var gradNorm: Double
+        public var clippedNorm: Double
+        public var skipped: Bool
+    }
+
+    /// The optimizer step at the accumulation boundary: reduce (stages 0, 1), global norm, clip, AdamW, gather.
+    public func update(lr: Float, maxGradNorm: Float?) -> StepReport {
+        let L = buckets.layout
+        // 1. reduce
+        let t0 = Date()
+        switch stage {
+        case 0:
+            for b in L.buckets.indices { comm.allreduce(buckets.grads[b].ptr, count: L.buckets[b].padded, op: .sum) }
+        case 1:
+            for b in L.buckets.indices {
+                comm.reduceScatter(UnsafePointer(buckets.grads[b].ptr), into: reduced[b].ptr, count: L.sliceLength(b))
+            }
+        default:
+            break
+        }
+        let commSeconds = Date().timeIntervalSince(t0)
+        exposedCommSeconds += commSeconds
+        if stage != 2 { trace(stage == 0 ? "allreduce" : "reduce-scatter", t0, commSeconds) }
+        let t1 = Date()
+        // 2. global norm over the owned elements
+        var sumsq = 0.0
+        for b in L.buckets.indices {
+            let (p, n) = gradient(b)
+            var acc = 0.0
+            for i in 0..<n { let x = Double(p[i]); acc += x * x }
+            sumsq += acc
+        }
+        if stage != 0 { sumsq = comm.allreduce(sumsq, op: .sum) }
+        let norm = sumsq.squareRoot()
+        var coef: Float = 1
+        if let maxGradNorm, norm.isFinite {
+            let c = Double(maxGradNorm) / (norm + 1e-6)
+            if c < 1 { coef = Float(c) }
+        }
+        let skipped = !norm.isFinite
+        if !skipped {
+            step += 1
+            let (stepSize, bc2Sqrt, decay) = AdamWKernel.constants(lr: lr, step: step, beta1: beta1, beta2: beta2, weightDecay: weightDecay)
+            for b in L.buckets.indices {
+                let (g, n) = gradient(b)
+                if coef != 1 { for i in 0..<n { g[i] *= coef } }
+                let base = stage == 0 ? 0 : comm.rank * L.sliceLength(b)
+                AdamWKernel.update(buckets.values[b].ptr + base, UnsafePointer(g), m[b].ptr, v[b].ptr, n: n, decay: decay,
+                                   beta1: beta1, beta2: beta2, stepSize: stepSize, bc2Sqrt: bc2Sqrt, eps: eps)
+            }
+        }
+        updateSeconds += Date().timeIntervalSince(t1)
+        // 3. every replica gets the updated values
+        if stage != 0 && !skipped {
+            let t2 = Date()
+            for b in L.buckets.indices {
+                comm.allgather(inPlace: buckets.values[b].ptr, count: L.sliceLength(b))
+            }
+            let s = Date().timeIntervalSince(t2)
+            exposedCommSeconds += s
+            trace("allgather", t2, s)
+        }
+        if !skipped { buckets.scatterValues() }
+        // 4. clear
+        buckets.zeroGradients()
+        for r in reduced { r.fill(0) }
+        return StepReport(gradNorm: norm, clippedNorm: skipped ? norm : norm * Double(min(coef, 1)), skipped: skipped)
+    }
+
+    /// The gradient elements this rank steps: the whole padded bucket (stage 0) or the reduced slice.
+    func gradient(_ b: Int) -> (UnsafeMutablePointer<Float>, Int) {
+        stage == 0 ? (buckets.grads[b].ptr, buckets.layout.buckets[b].padded) : (reduced[b].ptr, reduced[b].count)
+    }
+
+    func trace(_ name: String, _ start: Date, _ seconds: Double) {
+        guard traceEvents != nil else { return }
+        traceEvents!.append((name, start.timeIntervalSince(traceOrigin), seconds))
+    }
+
+    /// Restores the AdamW step count and this rank's m, v (from a checkpoint).
+    public func restore(step: Int, m newM: [[Float]], v newV: [[Float]]) {
+        self.step = step
+        for b in m.indices {
+            precondition(newM[b].count == m[b].count && newV[b].count == v[b].count, "restore: bucket \(b) sizes")
+            m[b].ptr.update(from: newM[b], count: newM[b].count)
+            v[b].ptr.update(from: newV[b], count: newV[b].count)
+        }
+    }
+}
