@@ -31,9 +31,10 @@ MPIRUN_FLAGS="--oversubscribe"
 [ "$(id -u)" -eq 0 ] && MPIRUN_FLAGS="$MPIRUN_FLAGS --allow-run-as-root"
 export MPIRUN_FLAGS
 
-# 4. Build (release: numerics and speed need it).
+# 4. Build (release: numerics and speed need it). One build for every script: the tests are built too, with the
+#    same flags, so the main job and the test command never rebuild what the other built.
 if [ "${PIXELLM_SKIP_BUILD:-0}" != "1" ]; then
-  (cd "$PIXELLM_ROOT" && swift build -c release ${PIXELLM_BUILD_TESTS:+--build-tests -Xswiftc -enable-testing} 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Build)" || true)
+  (cd "$PIXELLM_ROOT" && swift build -c release --build-tests -Xswiftc -enable-testing 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\] (Compiling|Emitting|Linking|Write|Build)" || true)
   [ -x "$PIXELLM_ROOT/.build/release/pixellm" ] || { echo "pixellm: build failed" >&2; exit 1; }
 fi
 PIXELLM="$PIXELLM_ROOT/.build/release/pixellm"

@@ -3,7 +3,7 @@
 # collectives under mpirun with 2 and 3 ranks, and the command-line checks). Exits non-zero on any failure
 # and ends with one line "tests: N passed, M failed".
 set -euo pipefail
-PIXELLM_BUILD_TESTS=1 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$PIXELLM_ROOT"
 passed=0
 failed=0
@@ -20,6 +20,8 @@ swift test -c release -Xswiftc -enable-testing --skip-build >"$log" 2>&1
 rc=$?
 set -e
 grep -E "error:|: error|failed \(|Executed [0-9]+ tests" "$log" | grep -v "^Test Suite" | tail -25 || true
+failing=$(grep -E "^Test Case '.*' failed" "$log" | sed -E "s/^Test Case '-?\[?([^]' ]+)[] ]?([^']*)' failed.*/\1\2/" | sort -u)
+if [ -n "$failing" ]; then echo "failing tests:"; echo "$failing" | sed 's/^/  /'; fi
 summary=$(grep -E "^[[:space:]]*Executed [0-9]+ tests" "$log" | tail -1)
 n=$(echo "$summary" | sed -nE 's/.*Executed ([0-9]+) tests.*/\1/p'); n=${n:-0}
 s=$(echo "$summary" | sed -nE 's/.*with ([0-9]+) tests? skipped.*/\1/p'); s=${s:-0}

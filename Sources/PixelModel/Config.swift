@@ -109,6 +109,8 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public var tokenFusion = "released"
     public var visionConfig = CLIPVisionConfig()
     public var decoderConfig = DecoderConfig()
+    /// LoRA adapters on the LLaMA layers, kept separate (PEFT names); nil: none (merged or never added).
+    public var lora: LoRAConfig?
 
     enum CodingKeys: String, CodingKey {
         case vocabSize = "vocab_size", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
@@ -119,7 +121,7 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         case mmVisionSelectLayer = "mm_vision_select_layer", mmVisionMidLayer = "mm_vision_mid_layer"
         case mmUseImStartEnd = "mm_use_im_start_end", resizeVisionTowerSize = "resize_vision_tower_size"
         case outDim = "out_dim", segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
-        case tokenFusion = "token_fusion", visionConfig = "vision_config", decoderConfig = "decoder_config"
+        case tokenFusion = "token_fusion", visionConfig = "vision_config", decoderConfig = "decoder_config", lora
     }
 
     public init() {}
@@ -151,6 +153,7 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         if tokenFusion == "mean" { tokenFusion = "released" }
         visionConfig = try get(.visionConfig, d.visionConfig)
         decoderConfig = try get(.decoderConfig, d.decoderConfig)
+        lora = try c.decodeIfPresent(LoRAConfig.self, forKey: .lora)
     }
 
     /// Head dim of the LLM.
@@ -204,6 +207,7 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         if dc.promptEmbedDim % dc.numHeads != 0 { try fail("decoder_config.prompt_embed_dim", "not a multiple of num_heads") }
         if (dc.promptEmbedDim / dc.attentionDownsampleRate) % dc.numHeads != 0 { try fail("decoder_config.attention_downsample_rate", "internal dim not a multiple of num_heads") }
         if outDim != dc.promptEmbedDim { try fail("out_dim", "\(outDim) differs from decoder_config.prompt_embed_dim \(dc.promptEmbedDim)") }
+        try lora?.validate(file: file)
     }
 }
 

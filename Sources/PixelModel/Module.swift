@@ -61,15 +61,20 @@ public final class Linear: Module {
     /// weight kept in bf16, used through `linearBF16`; `weight` is then an empty [out, 0] placeholder.
     /// nil (the default, and always in training) leaves this layer exactly as before.
     public var bf16Weight: BF16Tensor?
+    /// A LoRA update (LoRA.swift): y = W x + b + (alpha / r) B A dropout(x); its tensors are named beside the
+    /// weight ("lora_A.default.weight", "lora_B.default.weight", PEFT's names).
+    public var lora: LoRAAdapter?
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, init initKind: Init, rng: inout RNG) {
         weight = newWeight([outFeatures, inFeatures], fanIn: inFeatures, initKind, rng: &rng)
         self.bias = bias ? newBias(outFeatures, fanIn: inFeatures, initKind, rng: &rng) : nil
     }
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        if let w = bf16Weight { return linearBF16(x: x, w: w, bias: bias) }
-        return linear(x, weight, bias)
+        if let w = bf16Weight { return withLoRA(x, base: linearBF16(x: x, w: w, bias: bias)) }
+        return withLoRA(x, base: linear(x, weight, bias))
     }
-    public func namedTensors() -> [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
+    public func namedTensors() -> [(String, Tensor)] {
+        [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) + (lora?.namedTensors() ?? [])
+    }
 }
 
 /// nn.LayerNorm over the last dim: weight 1, bias 0.

@@ -35,6 +35,8 @@ public enum ParameterGroup: String, CaseIterable, Sendable, Comparable {
     case fcs
     /// model.token_fusion (learned fusion only).
     case fusion
+    /// LoRA adapters of the LLaMA layers ("...q_proj.lora_A.default.weight").
+    case lora
 
     public static func < (a: ParameterGroup, b: ParameterGroup) -> Bool {
         allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)!
@@ -46,6 +48,7 @@ public enum ParameterGroup: String, CaseIterable, Sendable, Comparable {
         if name.hasPrefix("model.embed_tokens.") { return .embed }
         if name.hasPrefix("lm_head.") { return .lmHead }
         if name.hasPrefix("model.layers.") {
+            if name.contains(".lora_A.") || name.contains(".lora_B.") { return .lora }
             return name.contains(".self_attn.q_proj.") || name.contains(".self_attn.v_proj.") ? .loraTarget : .llm
         }
         if name.hasPrefix("model.norm.") { return .llm }
@@ -86,7 +89,7 @@ public struct ParameterEntry {
 
 public struct ParameterTable {
     /// The released recipe's trained groups.
-    public static let releasedTrainableGroups: Set<ParameterGroup> = [.embed, .lmHead, .projector, .decoder, .fcs, .fusion]
+    public static let releasedTrainableGroups: Set<ParameterGroup> = [.embed, .lmHead, .projector, .decoder, .fcs, .fusion, .lora]
 
     /// Every tensor (PixelLM names, then CLIP's "vision_model...." names), in model order.
     public let entries: [ParameterEntry]

@@ -180,7 +180,8 @@ public struct PixelLMOutput {
 // MARK: - the model
 
 public final class PixelLMForCausalLM: Module {
-    public let config: PixelLMConfig
+    /// (`lora` changes when adapters are attached or merged.)
+    public internal(set) var config: PixelLMConfig
     /// HF CLIPVisionModel ("vision_model...."), not part of the PixelLM checkpoint.
     public let visionTower: CLIPVisionModel
     /// "model.embed_tokens", "model.layers.N", "model.norm", "lm_head".
@@ -225,6 +226,7 @@ public final class PixelLMForCausalLM: Module {
         mmProjector = ProjectorMLP(config: config, init: llmInit, rng: &rng)
         outMMProjector = ProjectorMLP(config: config, init: llmInit, rng: &rng)
         decoderSide = PixelDecoderSide(config: config, rng: &rng)
+        if let l = config.lora { attachLoRA(l, rng: &rng) }
     }
 
     /// The PixelLM checkpoint (released names, no vision tower): parameters and the PE buffers.

@@ -56,6 +56,11 @@ public struct TrainModelSource {
         } else {
             throw TrainError.option("--version", "give --version DIR or --config DIR|FILE")
         }
+        if let l = o.lora, model.loraAdapters.isEmpty {
+            // fresh adapters (A from the seed, B = 0); a checkpoint that kept its adapters brings its own
+            var rng = RNG(seed: LoRASeeds.mix(o.seed, 0x4C6F_5241))
+            model.attachLoRA(l, rng: &rng)
+        }
         tokenizerDirectory = tokDir
         table = ParameterTable(model: model, trainableGroups: try Self.trainableGroups(o.trainable))
     }

@@ -1,4 +1,5 @@
 import Foundation
+import PixelModel
 
 /// Everything a training run is configured with (the reference's `train_ds.py` options, in its spelling in the
 /// JSON). Saved in every checkpoint manifest; rank 0's copy is the plan every rank checks its own against.
@@ -44,10 +45,18 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var modelMaxLength = 512
     /// Bucket size in MiB (elements are fp32; a fraction is allowed).
     public var bucketMiB: Double = 4
+    /// LoRA on the LLaMA layers (PEFT 0.4 semantics, the reference's options); r 0: none.
+    public var loraR = 0
+    public var loraAlpha: Float = 16
+    public var loraDropout: Float = 0.05
+    public var loraTargetModules = "q_proj,v_proj"
+    /// Prepared shards of a validation split: its loss is logged every `evalSteps` and at the end.
+    public var valDatasetDir: String?
+    public var evalSteps: Int?
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case version, config, visionTower = "vision_tower", datasetDir = "dataset_dir", dataset, sampleRates = "sample_rates"
         case segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
         case numClassesPerQuestion = "num_classes_per_question", batchSize = "batch_size"
@@ -56,7 +65,39 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case ceLossWeight = "ce_loss_weight", bceLossWeight = "bce_loss_weight", diceLossWeight = "dice_loss_weight"
         case zeroStage = "zero_stage", seed, logBaseDir = "log_base_dir", expName = "exp_name", saveSteps = "save_steps"
         case saveTotalLimit = "save_total_limit", maxSteps = "max_steps", trainable, modelMaxLength = "model_max_length"
-        case bucketMiB = "bucket_mib"
+        case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargetModules = "lora_target_modules"
+        case bucketMiB = "bucket_mib", valDatasetDir = "val_dataset_dir", evalSteps = "eval_steps"
+    }
+
+    /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.
+    public static func recipe(_ path: String) throws -> TrainOptions {
+        guard let data = FileManager.default.contents(atPath: path) else { throw TrainError.file(path, "cannot read the recipe") }
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw TrainError.file(path, "not a JSON object")
+        }
+        var base = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainOptions())) as! [String: Any]
+        let known = Set(CodingKeys.allCases.map(\.rawValue))
+        let here = (path as NSString).deletingLastPathComponent
+        for (k, v) in obj where !k.hasPrefix("_") {
+            guard known.contains(k) else { throw TrainError.file(path, "unknown key '\(k)' (known: \(known.sorted().joined(separator: ", ")))") }
+            // a relative path in a recipe is relative to the recipe's directory when it exists there
+            if ["config", "version", "vision_tower", "dataset_dir", "val_dataset_dir"].contains(k), let p = v as? String, !p.hasPrefix("/") {
+                let rel = ((here as NSString).appendingPathComponent(p) as NSString).standardizingPath
+                base[k] = FileManager.default.fileExists(atPath: rel) ? rel : p
+            } else {
+                base[k] = v
+            }
+        }
+        do { return try JSONDecoder().decode(TrainOptions.self, from: JSONSerialization.data(withJSONObject: base)) } catch {
+            throw TrainError.file(path, "a value has the wrong type: \(error)")
+        }
+    }
+
+    /// The adapters these options ask for (nil: no LoRA).
+    public var lora: LoRAConfig? {
+        guard loraR > 0 else { return nil }
+        return LoRAConfig(r: loraR, alpha: loraAlpha, dropout: loraDropout,
+                          targetModules: loraTargetModules.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
     }
 
     /// Optimizer steps of the whole run.
@@ -91,6 +132,11 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if modelMaxLength < 256 { try fail("model-max-length", "\(modelMaxLength) must be >= 256 (ids are cut to model_max_length - 255)") }
         if !(bucketMiB >= 1.0 / 1024 && bucketMiB <= 4096) { try fail("bucket-mib", "\(bucketMiB) must be in 1/1024...4096") }
         if expName.isEmpty || expName.contains("/") { try fail("exp-name", "'\(expName)' must be a non-empty name without '/'") }
+        if let e = evalSteps, e < 1 { try fail("eval-steps", "\(e) must be >= 1") }
+        if loraR < 0 { try fail("lora-r", "\(loraR) must be >= 0 (0: no LoRA)") }
+        if let l = lora {
+            do { try l.validate(file: "options") } catch { try fail("lora-" + "r/alpha/dropout/target-modules", "\(error)") }
+        }
     }
 }
 

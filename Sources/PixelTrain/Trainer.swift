@@ -21,6 +21,8 @@ public final class Trainer {
     public let optimizer: ZeroAdamW
     public let schedule: WarmupDecayLR
     public let datasetChecksum: String
+    /// The validation split (--val-dataset-dir).
+    public let validation: ShardBatches?
     public private(set) var step = 0
     public private(set) var consumedSamples = 0
     public private(set) var skippedUpdates = 0
@@ -58,6 +60,41 @@ public final class Trainer {
         optimizer = ZeroAdamW(buckets: flat, comm: comm, stage: options.zeroStage, betas: (options.beta1, options.beta2),
                               weightDecay: options.weightDecay)
         schedule = WarmupDecayLR(maxLR: options.lr, warmupSteps: options.warmupSteps, totalSteps: options.totalSteps)
+        if let v = options.valDatasetDir {
+            validation = try ShardBatches(reader: try ShardReader(directory: v), config: source.model.config,
+                                          segTokenIds: source.model.segTokenIds, modelMaxLength: options.modelMaxLength)
+        } else {
+            validation = nil
+        }
+    }
+
+    // MARK: - validation
+
+    public struct Validation { public var loss: Double, ce: Double, bce: Double, dice: Double, samples: Int }
+
+    /// The loss on every sample of the validation shards (rank r takes samples r, r + N, ...; sums allreduced),
+    /// normalised like the training loss (global token and mask counts).
+    public func validate() throws -> Validation? {
+        guard let v = validation else { return nil }
+        source.model.setLoRADropout(seeds: nil)
+        let mine = Array(stride(from: comm.rank, to: v.reader.count, by: comm.size))
+        var sums = [0.0, 0.0, 0.0, 0.0, 0.0, Double(mine.count)]   // ce*nt, bce*nm, dice*nm, nt, nm, samples
+        try Autograd.noGrad {
+            for start in stride(from: 0, to: mine.count, by: options.batchSize) {
+                let batch = try v.batch(samples: Array(mine[start..<min(start + options.batchSize, mine.count)]))
+                let out = try source.model.forward(batch)
+                let nt = Double(ShardBatches.counts(batch).tokens), nm = Double(out.losses.maskCount)
+                sums[0] += Double(out.losses.ce.item) * nt
+                sums[1] += Double(out.losses.bce.item) * nm
+                sums[2] += Double(out.losses.dice.item) * nm
+                sums[3] += nt
+                sums[4] += nm
+            }
+        }
+        comm.allreduce(&sums, op: .sum)
+        let ce = sums[3] > 0 ? sums[0] / sums[3] : 0, bce = sums[4] > 0 ? sums[1] / sums[4] : 0, dice = sums[4] > 0 ? sums[2] / sums[4] : 0
+        let loss = Double(options.ceLossWeight) * ce + Double(options.bceLossWeight) * bce + Double(options.diceLossWeight) * dice
+        return Validation(loss: loss, ce: ce, bce: bce, dice: dice, samples: Int(sums[5]))
     }
 
     // MARK: - the coordinator's checks
@@ -168,6 +205,17 @@ public final class Trainer {
         optimizer.updateSeconds = 0
         for (k, batch) in micro.enumerated() {
             optimizer.beginMicroBatch()
+            if options.lora != nil {
+                // LoRA dropout keyed by (seed, step, the sample's global position, conversation): rank-independent
+                var seeds: [UInt64] = [], seen: [Int: Int] = [:]
+                for c in batch.conversations {
+                    let pick = picks[k * bs + c.imageIndex]
+                    let n = seen[c.imageIndex, default: 0]
+                    seen[c.imageIndex] = n + 1
+                    seeds.append(LoRASeeds.row(seed: options.seed, step: step, position: pick.position, conversation: n))
+                }
+                source.model.setLoRADropout(seeds: seeds)
+            }
             let tf = Date()
             let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch)
             fwd += Date().timeIntervalSince(tf)
@@ -234,13 +282,39 @@ public final class Trainer {
             let m = try trainStep()
             samplesDone += m.samples
             if comm.rank == 0 { try log(m, to: metricsPath, total: total, elapsed: Date().timeIntervalSince(runStart), samples: samplesDone) }
+            if let e = options.evalSteps, step % e == 0, step < total { try logValidation(metricsPath) }
             if step % options.saveSteps == 0 && step < total { try save() }
         }
+        try logValidation(metricsPath)
         let path = try save()
+        if comm.rank == 0 {
+            do { try LossPlot.write(run: runDirectory) } catch { if !quiet { print("note: no loss curve: \(error)") } }
+        }
         if trace { try writeTrace() }
         if comm.rank == 0 && !quiet {
             print(step >= total ? "done: \(step) steps; checkpoint \(path)" : "stopped at step \(step) of \(total); checkpoint \(path) (resume with the same command)")
         }
+    }
+
+    func logValidation(_ path: String) throws {
+        guard let v = try validate() else { return }
+        lastValidation = v
+        guard comm.rank == 0 else { return }
+        let line: [String: Any] = ["step": step, "val_loss": v.loss, "val_ce": v.ce, "val_bce": v.bce, "val_dice": v.dice, "val_samples": v.samples]
+        try appendLine(line, to: path)
+        if !quiet { print(String(format: "validation at step %d: loss %.4f (ce %.4f bce %.4f dice %.4f) on %d samples", step, v.loss, v.ce, v.bce, v.dice, v.samples)) }
+    }
+
+    /// The last validation result (nil before any).
+    public private(set) var lastValidation: Validation?
+
+    func appendLine(_ line: [String: Any], to path: String) throws {
+        let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
+        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let fh = FileHandle(forWritingAtPath: path) else { throw TrainError.file(path, "cannot append to the metrics log") }
+        defer { try? fh.close() }
+        fh.seekToEndOfFile()
+        fh.write(data + Data("\n".utf8))
     }
 
     func prepareMetricsLog(_ path: String) throws {
@@ -265,12 +339,7 @@ public final class Trainer {
             "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
         ]
         history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
-        let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
-        if let fh = FileHandle(forWritingAtPath: path) ?? { FileManager.default.createFile(atPath: path, contents: nil); return FileHandle(forWritingAtPath: path) }() {
-            fh.seekToEndOfFile()
-            fh.write(data + Data("\n".utf8))
-            try? fh.close()
-        }
+        try appendLine(line, to: path)
         if !quiet {
             let eta = Double(total - m.step) * elapsed / Double(max(1, m.step - (step - history.count)))
             let bar = String(repeating: "#", count: 20 * m.step / max(total, 1)) + String(repeating: ".", count: 20 - 20 * m.step / max(total, 1))

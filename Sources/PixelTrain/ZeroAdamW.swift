@@ -30,8 +30,13 @@ public final class ZeroAdamW {
     public internal(set) var v: [Tensor]
     /// Stage 2: outstanding reduce-scatters (bucket, request, receive buffer).
     var pending: [(bucket: Int, request: CommRequest, recv: Tensor)] = []
-    /// Stage 2: buckets whose every tensor's gradient is final in this micro-batch.
+    /// Stage 2: tensors of each bucket whose gradient is not final yet in this micro-batch.
     var remaining: [Int] = []
+    /// Stage 2: buckets are reduced in bucket order on every rank (a collective's messages are matched by the order
+    /// of the calls, and a micro-batch without masks finishes the decoder's buckets later on one rank than on
+    /// another): a finished bucket waits for the ones before it.
+    var ready: [Bool] = []
+    var nextToStart = 0
     let bucketOf: [ObjectIdentifier: Int]
     /// Seconds spent waiting on communication (exposed), and in the update, since the last `takeTimes()`.
     public var exposedCommSeconds = 0.0
@@ -70,6 +75,8 @@ public final class ZeroAdamW {
     public func beginMicroBatch() {
         if stage == 2 {
             remaining = buckets.layout.buckets.map { $0.params.count }
+            ready = [Bool](repeating: false, count: remaining.count)
+            nextToStart = 0
         }
     }
 
@@ -77,7 +84,18 @@ public final class ZeroAdamW {
     public func leafComplete(_ t: Tensor) {
         guard stage == 2, let b = bucketOf[ObjectIdentifier(t)] else { return }
         remaining[b] -= 1
-        if remaining[b] == 0 { startReduce(b) }
+        if remaining[b] == 0 {
+            ready[b] = true
+            startReady()
+        }
+    }
+
+    /// Starts, in bucket order, every bucket that is ready and whose predecessors have started.
+    func startReady() {
+        while nextToStart < ready.count && ready[nextToStart] {
+            startReduce(nextToStart)
+            nextToStart += 1
+        }
     }
 
     /// Between backward kernels: lets the ring reduce-scatters advance (stage 2).
@@ -100,7 +118,8 @@ public final class ZeroAdamW {
     /// arrived, e.g. unused in this micro-batch, is reduced now), accumulates the slices and clears the buffers.
     public func endMicroBatch() {
         guard stage == 2 else { return }
-        for b in remaining.indices where remaining[b] > 0 { remaining[b] = 0; startReduce(b) }
+        for b in remaining.indices where remaining[b] > 0 { remaining[b] = 0; ready[b] = true }
+        startReady()
         let t0 = Date()
         for p in pending {
             p.request.wait()

@@ -15,56 +15,73 @@ struct Train: ParsableCommand {
         abstract: "Train PixelLM (data parallel under mpirun; ZeRO-sharded AdamW; resumable at any world size).",
         discussion: "Options are named like the reference's train_ds.py (kebab case; the underscore spellings work too). The run directory is LOG_BASE_DIR/EXP_NAME: metrics.jsonl, checkpoints/step-N, latest, trace-rankR.json. A run directory with a checkpoint resumes from it unless --resume never.")
 
+    @Option(name: both("recipe"), help: "A training recipe (JSON with the reference's option names, e.g. configs/recipes/smoke-synth-small.json); command-line options override it.") var recipe: String?
     @Option(name: both("version"), help: "PixelLM checkpoint directory to start from.") var version: String?
     @Option(name: both("config"), help: "Model config (a directory with config.json, or the file; e.g. configs/synth-small) for a fresh initialisation from --seed.") var config: String?
     @Option(name: both("vision-tower"), help: "CLIP directory for a --version checkpoint without one.") var visionTower: String?
-    @Option(name: both("dataset-dir"), help: "Prepared shards (pixellm prepare).") var datasetDir: String
-    @Option(name: both("dataset"), help: "Kinds of data, '||'-separated.") var dataset = "sem_seg||refer_seg||vqa||multi_reason_seg"
-    @Option(name: both("sample-rates"), help: "Rates of the kinds.") var sampleRates = "2,9,2,4"
-    @Option(name: both("seg-token-num")) var segTokenNum = 3
-    @Option(name: both("image-feature-scale-num")) var imageFeatureScaleNum = 2
-    @Option(name: both("num-classes-per-question"), help: "Recorded (applied by prepare).") var numClassesPerQuestion = 3
-    @Option(name: both("batch-size"), help: "Images per rank per micro-batch.") var batchSize = 2
-    @Option(name: both("grad-accumulation-steps")) var gradAccumulationSteps = 10
-    @Option(name: both("lr")) var lr: Float = 0.0003
-    @Option(name: both("epochs")) var epochs = 10
-    @Option(name: both("steps-per-epoch")) var stepsPerEpoch = 500
-    @Option(name: both("warmup-steps")) var warmupSteps = 100
-    @Option(name: both("weight-decay")) var weightDecay: Float = 0
-    @Option(name: both("beta1")) var beta1: Float = 0.9
-    @Option(name: both("beta2")) var beta2: Float = 0.95
-    @Option(name: both("gradient-clipping"), help: "Max global gradient norm (0: off).") var gradientClipping: Float = 1.0
-    @Option(name: both("ce-loss-weight")) var ceLossWeight: Float = 1.0
-    @Option(name: both("bce-loss-weight")) var bceLossWeight: Float = 2.0
-    @Option(name: both("dice-loss-weight")) var diceLossWeight: Float = 0.5
-    @Option(name: both("zero-stage"), help: "0 (allreduce, the DDP baseline), 1 or 2.") var zeroStage = 2
-    @Option(name: both("seed")) var seed: UInt64 = 42
-    @Option(name: both("log-base-dir")) var logBaseDir = "./runs"
-    @Option(name: both("exp-name")) var expName = "pixellm"
-    @Option(name: both("save-steps")) var saveSteps = 500
+    @Option(name: both("dataset-dir"), help: "Prepared shards (pixellm prepare).") var datasetDir: String?
+    @Option(name: both("dataset"), help: "Kinds of data, '||'-separated (default sem_seg||refer_seg||vqa||multi_reason_seg).") var dataset: String?
+    @Option(name: both("sample-rates"), help: "Rates of the kinds (default 2,9,2,4).") var sampleRates: String?
+    @Option(name: both("seg-token-num"), help: "Default 3.") var segTokenNum: Int?
+    @Option(name: both("image-feature-scale-num"), help: "Default 2.") var imageFeatureScaleNum: Int?
+    @Option(name: both("num-classes-per-question"), help: "Recorded (prepare applies it).") var numClassesPerQuestion: Int?
+    @Option(name: both("batch-size"), help: "Images per rank per micro-batch (default 2).") var batchSize: Int?
+    @Option(name: both("grad-accumulation-steps"), help: "Default 10.") var gradAccumulationSteps: Int?
+    @Option(name: both("lr"), help: "Default 0.0003.") var lr: Float?
+    @Option(name: both("epochs"), help: "Default 10.") var epochs: Int?
+    @Option(name: both("steps-per-epoch"), help: "Default 500.") var stepsPerEpoch: Int?
+    @Option(name: both("warmup-steps"), help: "Default 100.") var warmupSteps: Int?
+    @Option(name: both("weight-decay"), help: "Default 0.") var weightDecay: Float?
+    @Option(name: both("beta1"), help: "Default 0.9.") var beta1: Float?
+    @Option(name: both("beta2"), help: "Default 0.95.") var beta2: Float?
+    @Option(name: both("gradient-clipping"), help: "Max global gradient norm (default 1.0; 0: off).") var gradientClipping: Float?
+    @Option(name: both("ce-loss-weight"), help: "Default 1.0.") var ceLossWeight: Float?
+    @Option(name: both("bce-loss-weight"), help: "Default 2.0.") var bceLossWeight: Float?
+    @Option(name: both("dice-loss-weight"), help: "Default 0.5.") var diceLossWeight: Float?
+    @Option(name: both("zero-stage"), help: "0 (allreduce, the DDP baseline), 1 or 2 (default).") var zeroStage: Int?
+    @Option(name: both("seed"), help: "Default 42.") var seed: UInt64?
+    @Option(name: both("log-base-dir"), help: "Default ./runs.") var logBaseDir: String?
+    @Option(name: both("exp-name"), help: "Default pixellm.") var expName: String?
+    @Option(name: both("save-steps"), help: "Default 500.") var saveSteps: Int?
     @Option(name: both("save-total-limit"), help: "Keep this many checkpoints (default: all).") var saveTotalLimit: Int?
     @Option(name: both("max-steps"), help: "Total optimizer steps (overrides epochs x steps-per-epoch).") var maxSteps: Int?
     @Option(name: both("trainable"), help: "released (the reference's recipe), all, or groups: embed,lm-head,llm,lora-target,projector,decoder,neck,prompt,fcs,clip,fusion. Default: released for --version, all for --config.") var trainable: String?
-    @Option(name: both("model-max-length")) var modelMaxLength = 512
-    @Option(name: both("bucket-mib"), help: "Gradient bucket size in MiB (fractions allowed).") var bucketMiB: Double = 4
+    @Option(name: both("model-max-length"), help: "Default 512.") var modelMaxLength: Int?
+    @Option(name: both("lora-r"), help: "LoRA rank on the LLaMA layers (default: 8 with --version, as the reference; 0 with --config; 0: none).") var loraR: Int?
+    @Option(name: both("lora-alpha"), help: "Default 16.") var loraAlpha: Float?
+    @Option(name: both("lora-dropout"), help: "Default 0.05.") var loraDropout: Float?
+    @Option(name: both("lora-target-modules"), help: "Default q_proj,v_proj.") var loraTargetModules: String?
+    @Option(name: both("bucket-mib"), help: "Gradient bucket size in MiB (default 4; fractions allowed).") var bucketMiB: Double?
+    @Option(name: both("val-dataset-dir"), help: "Prepared shards of a validation split: its loss is logged every --eval-steps and at the end.") var valDatasetDir: String?
+    @Option(name: both("eval-steps"), help: "Validation every K steps (default: only at the end).") var evalSteps: Int?
     @Option(name: both("resume"), help: "auto (the run directory's latest, if any), never, or a checkpoint / run directory.") var resume = "auto"
     @Option(name: both("stop-at-step"), help: "Stop cleanly (with a checkpoint) at this step; the schedule is unchanged.") var stopAtStep: Int?
     @Option(name: both("time-budget"), help: "Stop cleanly (with a checkpoint) after this wall time: 90s, 10m, 2h.") var timeBudget: String?
     @Flag(help: "Write a Chrome-trace timeline per rank (RUN/trace-rankR.json).") var trace = false
     @Flag(help: "No progress lines.") var quiet = false
 
-    func options() -> TrainOptions {
-        var o = TrainOptions()
-        o.version = version; o.config = config; o.visionTower = visionTower
-        o.datasetDir = datasetDir; o.dataset = dataset; o.sampleRates = sampleRates
-        o.segTokenNum = segTokenNum; o.imageFeatureScaleNum = imageFeatureScaleNum; o.numClassesPerQuestion = numClassesPerQuestion
-        o.batchSize = batchSize; o.gradAccumulationSteps = gradAccumulationSteps; o.lr = lr; o.epochs = epochs
-        o.stepsPerEpoch = stepsPerEpoch; o.warmupSteps = warmupSteps; o.weightDecay = weightDecay; o.beta1 = beta1; o.beta2 = beta2
-        o.gradientClipping = gradientClipping; o.ceLossWeight = ceLossWeight; o.bceLossWeight = bceLossWeight
-        o.diceLossWeight = diceLossWeight; o.zeroStage = zeroStage; o.seed = seed; o.logBaseDir = logBaseDir; o.expName = expName
-        o.saveSteps = saveSteps; o.saveTotalLimit = saveTotalLimit; o.maxSteps = maxSteps
-        o.trainable = trainable ?? (config != nil ? "all" : "released")
-        o.modelMaxLength = modelMaxLength; o.bucketMiB = bucketMiB
+    /// The defaults, then the recipe, then the command line.
+    func options() throws -> TrainOptions {
+        var o = try recipe.map(TrainOptions.recipe) ?? TrainOptions()
+        func set<T>(_ v: T?, _ k: WritableKeyPath<TrainOptions, T>) { if let v { o[keyPath: k] = v } }
+        func setOpt<T>(_ v: T?, _ k: WritableKeyPath<TrainOptions, T?>) { if let v { o[keyPath: k] = v } }
+        setOpt(version, \.version); setOpt(config, \.config); setOpt(visionTower, \.visionTower)
+        if version != nil && config == nil { o.config = nil }
+        if config != nil && version == nil { o.version = nil }
+        set(datasetDir, \.datasetDir); set(dataset, \.dataset); set(sampleRates, \.sampleRates)
+        set(segTokenNum, \.segTokenNum); set(imageFeatureScaleNum, \.imageFeatureScaleNum)
+        set(numClassesPerQuestion, \.numClassesPerQuestion); set(batchSize, \.batchSize)
+        set(gradAccumulationSteps, \.gradAccumulationSteps); set(lr, \.lr); set(epochs, \.epochs)
+        set(stepsPerEpoch, \.stepsPerEpoch); set(warmupSteps, \.warmupSteps); set(weightDecay, \.weightDecay)
+        set(beta1, \.beta1); set(beta2, \.beta2); set(gradientClipping, \.gradientClipping)
+        set(ceLossWeight, \.ceLossWeight); set(bceLossWeight, \.bceLossWeight); set(diceLossWeight, \.diceLossWeight)
+        set(zeroStage, \.zeroStage); set(seed, \.seed); set(logBaseDir, \.logBaseDir); set(expName, \.expName)
+        set(saveSteps, \.saveSteps); setOpt(saveTotalLimit, \.saveTotalLimit); setOpt(maxSteps, \.maxSteps)
+        set(modelMaxLength, \.modelMaxLength); set(bucketMiB, \.bucketMiB)
+        setOpt(valDatasetDir, \.valDatasetDir); setOpt(evalSteps, \.evalSteps)
+        set(loraAlpha, \.loraAlpha); set(loraDropout, \.loraDropout); set(loraTargetModules, \.loraTargetModules)
+        if let r = loraR { o.loraR = r } else if recipe == nil { o.loraR = o.version != nil ? 8 : 0 }
+        if let t = trainable { o.trainable = t } else if recipe == nil { o.trainable = o.config != nil ? "all" : "released" }
         return o
     }
 
@@ -90,7 +107,7 @@ struct Train: ParsableCommand {
             Foundation.exit(1)
         }
         do {
-            let o = options()
+            let o = try options()
             // an unwritable run directory is an error before any work
             if comm.rank == 0 {
                 try FileManager.default.createDirectory(atPath: o.runDirectory, withIntermediateDirectories: true)
@@ -137,6 +154,7 @@ struct ConsolidateCommand: ParsableCommand {
     @Option(help: "Output directory.") var out: String
     @Option(help: "f32 or bf16.") var dtype = "f32"
     @Option(help: "Shard the safetensors above this size, e.g. 5GB, 500MB.") var maxShardSize = "5GB"
+    @Flag(help: "Fold LoRA into the weights (W + alpha/r B A); default: keep the adapters under PEFT's names.") var mergeLora = false
 
     static func parseSize(_ s: String) throws -> Int {
         let u = s.uppercased()
@@ -156,8 +174,48 @@ struct ConsolidateCommand: ParsableCommand {
         do {
             let t0 = Date()
             let r = try Consolidate.run(checkpoint: checkpoint, out: out, dtype: dtype == "bf16" ? .bf16 : .f32,
-                                        maxShardBytes: try Self.parseSize(maxShardSize))
+                                        maxShardBytes: try Self.parseSize(maxShardSize), mergeLoRA: mergeLora)
             print("consolidated \(r.checkpoint) (step \(r.step)): \(r.trainableTensors) trained tensors (\(r.trainableElements) elements) + the frozen ones -> \(out): \(r.files.joined(separator: ", ")) in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+        } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
+
+/// `pixellm plot RUN`: the loss curve PNG of a run (RUN/loss.png unless --out).
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write the loss curve of a training run as a PNG.")
+    @Argument(help: "The run directory (with metrics.jsonl).") var runDirectory: String
+    @Option(help: "Output PNG (default RUN/loss.png).") var out: String?
+
+    func run() throws {
+        do { print(try LossPlot.write(run: runDirectory, out: out)) } catch {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        }
+    }
+}
+
+/// `pixellm merge-lora`: fold LoRA adapters into the weights (W + alpha/r B A).
+struct MergeLoRACommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge-lora",
+        abstract: "Fold LoRA adapters into the weights: a consolidated checkpoint that kept them, or a base plus a weights file.")
+    @Option(help: "PixelLM directory (a consolidation that kept LoRA, or the base the weights were trained from).") var base: String
+    @Option(help: "Trained tensors (safetensors or pytorch_model.bin) with PEFT-named adapters, applied over --base.") var weights: String?
+    @Option(help: "Output directory.") var out: String
+    @Option(help: "CLIP directory when --base has none.") var visionTower: String?
+    @Option(help: "LoRA alpha for adapters created from --weights (default 16; r comes from the tensors).") var loraAlpha: Float = 16
+    @Option(help: "f32 or bf16.") var dtype = "f32"
+
+    func validate() throws { guard ["f32", "bf16"].contains(dtype) else { throw ValidationError("--dtype must be f32 or bf16") } }
+
+    func run() throws {
+        do {
+            let r = try MergeLoRA.run(base: base, weights: weights, out: out, visionTower: visionTower, alpha: loraAlpha,
+                                      dtype: dtype == "bf16" ? .bf16 : .f32)
+            print("merged \(r.merged) LoRA adapter(s)\(r.replaced > 0 ? ", \(r.replaced) tensors from \(weights ?? "")" : "") -> \(out): \(r.files.joined(separator: ", "))")
         } catch {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
