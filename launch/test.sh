@@ -20,7 +20,7 @@ swift test -c release -Xswiftc -enable-testing --skip-build >"$log" 2>&1
 rc=$?
 set -e
 grep -E "error:|: error|failed \(|Executed [0-9]+ tests" "$log" | grep -v "^Test Suite" | tail -25 || true
-failing=$(grep -E "^Test Case '.*' failed" "$log" | sed -E "s/^Test Case '-?\[?([^]' ]+)[] ]?([^']*)' failed.*/\1\2/" | sort -u)
+failing=$(grep -E "^Test Case '.*' failed" "$log" | sed -E "s/^Test Case '-?\[?([^]' ]+)[] ]?([^']*)' failed.*/\1\2/" | sort -u || true)
 if [ -n "$failing" ]; then echo "failing tests:"; echo "$failing" | sed 's/^/  /'; fi
 summary=$(grep -E "^[[:space:]]*Executed [0-9]+ tests" "$log" | tail -1)
 n=$(echo "$summary" | sed -nE 's/.*Executed ([0-9]+) tests.*/\1/p'); n=${n:-0}

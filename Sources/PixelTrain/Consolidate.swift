@@ -105,7 +105,9 @@ public enum MergeLoRA {
         let merged = model.loraAdapters.count
         guard merged > 0 else { throw TrainError.file(weights ?? base, "no LoRA adapters to merge (no lora block in \(base)/config.json, no lora_A/lora_B tensors)") }
         model.mergeLoRA()
-        var files = try PixelLMCheckpoint.save(model, to: out, dtype: dtype, maxShardBytes: maxShardBytes)
+        // a base with CLIP inside (a consolidated --config run) keeps it inside
+        let visionInside = (try? WeightSources.open(base))?.names.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") } ?? false
+        var files = try PixelLMCheckpoint.save(model, to: out, dtype: dtype, maxShardBytes: maxShardBytes, includeVision: visionInside)
         for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
             let s = (base as NSString).appendingPathComponent(f)
             guard FileManager.default.fileExists(atPath: s) else { continue }

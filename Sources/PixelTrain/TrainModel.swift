@@ -7,7 +7,8 @@ import PixelText
 /// The model a run trains, built the same way by `train` (every rank) and `consolidate`:
 ///   --config: PixelLMForCausalLM at that config, initialised from the run's seed (CLIP and every frozen tensor
 ///             included, so the seed reproduces them), SEG ids from the shards' tokenizer;
-///   --version: a PixelLM checkpoint directory (frozen tensors come from it).
+///   --version: a PixelLM checkpoint directory (frozen tensors come from it), or a LLaVA base directory
+///             (LLaVABase: LLaMA loaded, everything new initialised from the seed, reproducibly).
 public struct TrainModelSource {
     public let model: PixelLMForCausalLM
     public let tokenizerDirectory: String
@@ -38,7 +39,23 @@ public struct TrainModelSource {
         do { tok = try Tokenizer(directory: tokDir) } catch { throw TrainError.file(tokDir, "tokenizer: \(error)") }
         let perTarget = o.segTokenNum * o.imageFeatureScaleNum
         do { try tok.requirePixelLMTokens(segTokenCount: perTarget) } catch { throw TrainError.file(tokDir, "\(error)") }
-        if let c = o.config {
+        if let v = o.version, LLaVABase.isLLaVADirectory(v) {
+            // a LLaVA base, as train_ds.py starts: LLaMA loaded, the vocabulary grown to the tokenizer of the shards
+            // (which holds the SEG tokens), fresh projectors and decoder side from the seed; the PixelLM sizes from
+            // --config when given (a small test model), else the released ones (448 px, the 256-wide decoder)
+            let settings = try o.config.map { PixelLMSettings(of: try PixelLMConfig.load(Self.configPath($0))) } ?? .released
+            var known: [String: Int] = [:]
+            for (t, i) in zip(tok.segTokens, tok.segIds) { known[t] = i }
+            if let i = tok.imStartId { known["<im_start>"] = i }
+            if let i = tok.imEndId { known["<im_end>"] = i }
+            let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
+            let (m, report) = try LLaVABase.initialize(fromLLaVA: v, visionTower: o.visionTower, tokenizer: info, settings: settings,
+                                                       seed: o.seed)
+            guard m.segTokenIds == tok.segIds, report.vocabulary.appended.isEmpty else {
+                throw TrainError.mismatch(field: "tokenizer", "the shards' tokenizer \(tokDir) must hold the SEG tokens the model uses (model \(m.segTokenIds), tokenizer \(tok.segIds))")
+            }
+            model = m
+        } else if let c = o.config {
             let path = Self.configPath(c)
             let config = try PixelLMConfig.load(path)
             if config.segTokenNum != o.segTokenNum || config.imageFeatureScaleNum != o.imageFeatureScaleNum {

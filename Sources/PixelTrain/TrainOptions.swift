@@ -109,7 +109,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// Checks the values; errors name the option.
     public func validate() throws {
         func fail(_ o: String, _ why: String) throws { throw TrainError.option("--\(o)", why) }
-        if (version == nil) == (config == nil) { try fail("version", "give exactly one of --version DIR and --config DIR|FILE") }
+        if version == nil && config == nil { try fail("version", "give --version DIR (a PixelLM or LLaVA base checkpoint) or --config DIR|FILE") }
+        if let v = version, config != nil, !LLaVABase.isLLaVADirectory(v) {
+            try fail("config", "goes with --version only when that is a LLaVA base (the config then gives PixelLM's sizes); \(v) is a PixelLM checkpoint with its own config")
+        }
         if datasetDir.isEmpty { try fail("dataset-dir", "is required (prepared shards, or a dataset tree to prepare)") }
         if batchSize < 1 { try fail("batch-size", "\(batchSize) must be >= 1") }
         if gradAccumulationSteps < 1 { try fail("grad-accumulation-steps", "\(gradAccumulationSteps) must be >= 1") }

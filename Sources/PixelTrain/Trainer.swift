@@ -42,6 +42,16 @@ public final class Trainer {
         try options.validate()
         self.options = options
         self.comm = comm
+        let index = (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)
+        if !FileManager.default.fileExists(atPath: index) {
+            let fm = FileManager.default
+            let tree = ["muse_train.json", "refer_seg", "ade20k", "llava_dataset"].contains {
+                fm.fileExists(atPath: (options.datasetDir as NSString).appendingPathComponent($0))
+            }
+            throw TrainError.file(options.datasetDir, tree
+                ? "a dataset tree, not prepared shards: pack it first with pixellm prepare --dataset-dir \(options.datasetDir) --out SHARDS --image-size \(Trainer.imageSizeHint(options)) (under mpirun to use every rank), then --dataset-dir SHARDS"
+                : "no \(ShardFormat.manifestName): not a directory of prepared shards (pixellm prepare writes them)")
+        }
         reader = try ShardReader(directory: options.datasetDir)
         let indexPath = (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)
         let indexBytes = FileManager.default.contents(atPath: indexPath) ?? Data()
@@ -66,6 +76,12 @@ public final class Trainer {
         } else {
             validation = nil
         }
+    }
+
+    /// The image size a run's model needs (for the message above): its config's resize_vision_tower_size.
+    static func imageSizeHint(_ o: TrainOptions) -> String {
+        if let c = o.config, let cfg = try? PixelLMConfig.load(TrainModelSource.configPath(c)) { return "\(cfg.resizeVisionTowerSize)" }
+        return "448"
     }
 
     // MARK: - validation

@@ -16,7 +16,7 @@ struct Train: ParsableCommand {
         discussion: "Options are named like the reference's train_ds.py (kebab case; the underscore spellings work too). The run directory is LOG_BASE_DIR/EXP_NAME: metrics.jsonl, checkpoints/step-N, latest, trace-rankR.json. A run directory with a checkpoint resumes from it unless --resume never.")
 
     @Option(name: both("recipe"), help: "A training recipe (JSON with the reference's option names, e.g. configs/recipes/smoke-synth-small.json); command-line options override it.") var recipe: String?
-    @Option(name: both("version"), help: "PixelLM checkpoint directory to start from.") var version: String?
+    @Option(name: both("version"), help: "PixelLM checkpoint directory to start from, or a LLaVA base (LLaVA-Lightning-7B-v1-1 ...; with --config for other PixelLM sizes than the released ones).") var version: String?
     @Option(name: both("config"), help: "Model config (a directory with config.json, or the file; e.g. configs/synth-small) for a fresh initialisation from --seed.") var config: String?
     @Option(name: both("vision-tower"), help: "CLIP directory for a --version checkpoint without one.") var visionTower: String?
     @Option(name: both("dataset-dir"), help: "Prepared shards (pixellm prepare).") var datasetDir: String?
@@ -66,8 +66,8 @@ struct Train: ParsableCommand {
         func set<T>(_ v: T?, _ k: WritableKeyPath<TrainOptions, T>) { if let v { o[keyPath: k] = v } }
         func setOpt<T>(_ v: T?, _ k: WritableKeyPath<TrainOptions, T?>) { if let v { o[keyPath: k] = v } }
         setOpt(version, \.version); setOpt(config, \.config); setOpt(visionTower, \.visionTower)
-        if version != nil && config == nil { o.config = nil }
-        if config != nil && version == nil { o.version = nil }
+        if version != nil && config == nil && recipe != nil { o.config = nil }
+        if config != nil && version == nil && recipe != nil { o.version = nil }
         set(datasetDir, \.datasetDir); set(dataset, \.dataset); set(sampleRates, \.sampleRates)
         set(segTokenNum, \.segTokenNum); set(imageFeatureScaleNum, \.imageFeatureScaleNum)
         set(numClassesPerQuestion, \.numClassesPerQuestion); set(batchSize, \.batchSize)
@@ -81,7 +81,7 @@ struct Train: ParsableCommand {
         setOpt(valDatasetDir, \.valDatasetDir); setOpt(evalSteps, \.evalSteps)
         set(loraAlpha, \.loraAlpha); set(loraDropout, \.loraDropout); set(loraTargetModules, \.loraTargetModules)
         if let r = loraR { o.loraR = r } else if recipe == nil { o.loraR = o.version != nil ? 8 : 0 }
-        if let t = trainable { o.trainable = t } else if recipe == nil { o.trainable = o.config != nil ? "all" : "released" }
+        if let t = trainable { o.trainable = t } else if recipe == nil { o.trainable = o.version != nil ? "released" : "all" }
         return o
     }
 

@@ -33,6 +33,9 @@ final class TrainRunTests: XCTestCase {
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
         var e = ProcessInfo.processInfo.environment
+        // this test process may itself have initialised MPI (another suite in the same bundle, as a singleton):
+        // its Open MPI / PMIx variables would make the child mpirun or pixellm think it is part of that job
+        for k in e.keys where ["OMPI_", "PMIX_", "OPAL_", "ORTE_", "PMI_", "HWLOC_"].contains(where: { k.hasPrefix($0) }) { e[k] = nil }
         for (k, v) in env { e[k] = v }
         p.environment = e
         let o = Pipe(), r = Pipe()
@@ -253,7 +256,110 @@ final class TrainRunTests: XCTestCase {
         }
     }
 
+    // MARK: LoRA
+
+    /// LoRA with dropout 0.1 (the masks keyed by sample and step): N = 2 equals N = 1; the consolidation keeps the
+    /// adapters under PEFT's names (and loads back as a model with them), --merge-lora gives W + (alpha / r) B A.
+    func testLoRATrainingIsRankIndependentAndMerges() throws {
+        let lora = ["--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--trainable", "released"]
+        try train(try common("l-n1", steps: 8, bs: 1, ga: 4, extra: lora))
+        try train(try common("l-n2", steps: 8, bs: 1, ga: 2, extra: lora), ranks: 2)
+        let w1 = try Self.weights("l-n1"), w2 = try Self.weights("l-n2")
+        XCTAssertEqual(w1.keys.filter { $0.contains("lora_") }.count, 8, "A and B of q_proj and v_proj in 2 layers")
+        XCTAssertFalse(w1.keys.contains("model.layers.0.self_attn.q_proj.weight"), "the wrapped weight is frozen")
+        let (d, worst) = Self.relDiffWhere(Self.split(w2).1, Self.split(w1).1)
+        print("train parity with LoRA dropout: \(String(format: "%.2e", d)) (largest: \(worst))")
+        XCTAssertLessThanOrEqual(d, 1e-5)
+        // B moved away from zero
+        XCTAssertGreaterThan(w1["model.layers.0.self_attn.q_proj.lora_B.default.weight"]!.map(abs).max()!, 0)
+
+        let kept = Self.root + "/l-kept", merged = Self.root + "/l-merged"
+        XCTAssertEqual(try Self.pixellm(["consolidate", "--checkpoint", Self.runDir("l-n1"), "--out", kept]).status, 0)
+        XCTAssertEqual(try Self.pixellm(["consolidate", "--checkpoint", Self.runDir("l-n1"), "--out", merged, "--merge-lora"]).status, 0)
+        let k = try WeightSources.open(kept), m = try WeightSources.open(merged)
+        XCTAssertTrue(k.names.contains("model.layers.1.self_attn.v_proj.lora_A.default.weight"))
+        XCTAssertFalse(m.names.contains { $0.contains("lora_") })
+        for layer in 0..<2 {
+            for proj in ["q_proj", "v_proj"] {
+                let p = "model.layers.\(layer).self_attn.\(proj)."
+                let W = try k.tensor(p + "weight"), A = try k.tensor(p + "lora_A.default.weight"), B = try k.tensor(p + "lora_B.default.weight")
+                let want = Autograd.noGrad { W + B.matmul(A) * Float(8.0 / 4.0) }
+                let got = try m.tensor(p + "weight")
+                var err: Float = 0
+                for (x, y) in zip(got.toArray(), want.toArray()) { err = max(err, abs(x - y)) }
+                XCTAssertLessThanOrEqual(err, 1e-6, "\(p)weight merged")
+            }
+        }
+        // the kept consolidation opens as a model with its adapters
+        let (model, _) = try PixelLMModelDirectory.open(kept)
+        XCTAssertEqual(model.config.lora?.r, 4)
+        XCTAssertEqual(model.loraAdapters.count, 4)
+        // merge-lora on the kept consolidation gives the same weights as --merge-lora
+        let later = Self.root + "/l-later"
+        let r = try Self.pixellm(["merge-lora", "--base", kept, "--out", later])
+        XCTAssertEqual(r.status, 0, r.err)
+        let l = try WeightSources.open(later)
+        XCTAssertEqual(try l.tensor("model.layers.1.self_attn.q_proj.weight").toArray(), try m.tensor("model.layers.1.self_attn.q_proj.weight").toArray())
+    }
+
+    // MARK: a LLaVA base
+
+    /// --version a LLaVA base (the tiny one of Tests/PixelModelTests/Fixtures/ckpt, with its CLIP) and --config for
+    /// the PixelLM sizes, on shards tokenized with that LLaVA tokenizer plus the SEG tokens: the released trainable
+    /// set with LoRA (default r 8), and a consolidation that loads again.
+    func testTrainingFromALLaVABase() throws {
+        let ckpt = Self.repo + "/Tests/PixelModelTests/Fixtures/ckpt", tok = Self.repo + "/Tests/PixelTextTests/Fixtures/llava-sp"
+        let d = Self.root
+        _ = try Self.data.get()   // the synthetic tree
+        var r = try Self.pixellm(["prepare", "--dataset-dir", d + "/data", "--out", d + "/llava-shards", "--image-size", "112",
+                                  "--tokenizer", tok, "--dataset", "multi_reason_seg"])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try Self.pixellm(["train", "--version", ckpt + "/llava-st", "--vision-tower", ckpt + "/clip", "--config", Self.repo + "/configs/tiny",
+                              "--dataset-dir", d + "/llava-shards", "--dataset", "multi_reason_seg", "--sample-rates", "1",
+                              "--max-steps", "3", "--batch-size", "1", "--grad-accumulation-steps", "2", "--log-base-dir", d + "/runs",
+                              "--exp-name", "llava", "--quiet"])
+        XCTAssertEqual(r.status, 0, r.err + r.out)
+        let w = try Self.weights("llava")
+        XCTAssertTrue(w.keys.contains("model.layers.0.self_attn.q_proj.lora_A.default.weight"), "LoRA r 8 by default with --version")
+        XCTAssertEqual(w["model.layers.0.self_attn.q_proj.lora_A.default.weight"]?.count, 8 * 32)
+        XCTAssertTrue(w.keys.contains("model.mask_decoder.iou_token.weight"))
+        XCTAssertFalse(w.keys.contains("model.layers.0.mlp.up_proj.weight"), "the LLaMA layers stay frozen")
+        XCTAssertFalse(w.keys.contains { $0.hasPrefix("vision_model.") }, "CLIP stays frozen")
+        let out = d + "/llava-model"
+        r = try Self.pixellm(["consolidate", "--checkpoint", Self.runDir("llava"), "--out", out, "--merge-lora"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let (m, _) = try PixelLMModelDirectory.open(out, visionTower: ckpt + "/clip")
+        XCTAssertEqual(m.config.vocabSize, 1509)
+        XCTAssertNil(m.config.lora)
+        // the LLaMA weights that were not trained are the base's
+        let base = try WeightSources.open(ckpt + "/llava-st"), got = try WeightSources.open(out)
+        XCTAssertEqual(try got.tensor("model.layers.1.mlp.down_proj.weight").toArray(), try base.tensor("model.layers.1.mlp.down_proj.weight").toArray())
+    }
+
     // MARK: bad input and faults
+
+    /// Ranks started with different options (mpirun's MPMD form): the job stops before training, naming the rank and
+    /// the field, within seconds. An unwritable run directory is an error before any work.
+    func testMismatchedRanksAndUnwritableRunDirectoryStopTheJob() throws {
+        guard let mpirun = Self.mpirun else { throw XCTSkip("mpirun is not installed") }
+        let a = try common("m", steps: 2, bs: 1, ga: 1), b = try common("m", steps: 2, bs: 1, ga: 1, extra: ["--lr", "5e-3"])
+        var flags = ["--oversubscribe", "-x", "OPENBLAS_NUM_THREADS=1"]
+        if getuid() == 0 { flags.insert("--allow-run-as-root", at: 0) }
+        let t0 = Date()
+        let r = try Self.run(mpirun, flags + ["-np", "1", Self.binary] + a + [":", "-np", "1", Self.binary] + b, timeout: 120)
+        XCTAssertNotEqual(r.status, 0)
+        let all = r.out + r.err
+        XCTAssertTrue(all.contains("rank 1") && all.contains("lr"), all)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 60)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: Self.runDir("m") + "/latest"), "no checkpoint from a refused job")
+        // a run directory under a regular file cannot be created
+        let file = Self.root + "/not-a-directory"
+        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        let (shards, config) = try Self.data.get()
+        let w = try Self.pixellm(["train", "--config", config, "--dataset-dir", shards, "--max-steps", "1", "--log-base-dir", file, "--quiet"])
+        XCTAssertNotEqual(w.status, 0)
+        XCTAssertTrue(w.err.contains(file), w.err)
+    }
 
     func testDamagedCheckpointAndMismatchedResumeAreNamed() throws {
         try train(try common("e", steps: 2, bs: 1, ga: 1))
