@@ -40,24 +40,27 @@ public final class Trainer {
 
     public init(options: TrainOptions, comm: any Communicator) throws {
         try options.validate()
-        self.options = options
         self.comm = comm
+        // prepared shards, or a dataset tree that is packed first (into RUN/shards)
+        var options = options
+        let tree = AutoPrepare.isDatasetTree(options.datasetDir)
         let index = (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)
-        if !FileManager.default.fileExists(atPath: index) {
-            let fm = FileManager.default
-            let tree = ["muse_train.json", "refer_seg", "ade20k", "llava_dataset"].contains {
-                fm.fileExists(atPath: (options.datasetDir as NSString).appendingPathComponent($0))
-            }
-            throw TrainError.file(options.datasetDir, tree
-                ? "a dataset tree, not prepared shards: pack it first with pixellm prepare --dataset-dir \(options.datasetDir) --out SHARDS --image-size \(Trainer.imageSizeHint(options)) (under mpirun to use every rank), then --dataset-dir SHARDS"
-                : "no \(ShardFormat.manifestName): not a directory of prepared shards (pixellm prepare writes them)")
+        if !tree && !FileManager.default.fileExists(atPath: index) {
+            throw TrainError.file(options.datasetDir, "no \(ShardFormat.manifestName): neither prepared shards (pixellm prepare writes them) nor a dataset tree")
         }
-        reader = try ShardReader(directory: options.datasetDir)
-        let indexPath = (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)
-        let indexBytes = FileManager.default.contents(atPath: indexPath) ?? Data()
-        datasetChecksum = String(indexBytes.withUnsafeBytes { CRC32.checksum($0) }, radix: 16)
-        let tokDir = reader.manifest.options.tokenizerPath
+        let tokDir = tree ? try AutoPrepare.tokenizerDirectory(tree: options.datasetDir)
+            : try ShardManifest.load(options.datasetDir).options.tokenizerPath
         source = try TrainModelSource(options: options, tokenizerDirectory: tokDir)
+        if tree {
+            let out = (options.runDirectory as NSString).appendingPathComponent("shards")
+            try AutoPrepare.run(tree: options.datasetDir, out: out, options: options, imageSize: source.model.config.resizeVisionTowerSize,
+                                comm: comm, log: { print($0) })
+            options.datasetDir = out
+        }
+        self.options = options
+        reader = try ShardReader(directory: options.datasetDir)
+        let indexBytes = FileManager.default.contents(atPath: (options.datasetDir as NSString).appendingPathComponent(ShardFormat.manifestName)) ?? Data()
+        datasetChecksum = String(indexBytes.withUnsafeBytes { CRC32.checksum($0) }, radix: 16)
         mixture = try ShardMixture(reader: reader, dataset: options.dataset, sampleRates: options.sampleRates, seed: options.seed)
         batches = try ShardBatches(reader: reader, config: source.model.config, segTokenIds: source.model.segTokenIds,
                                    modelMaxLength: options.modelMaxLength)
@@ -76,12 +79,6 @@ public final class Trainer {
         } else {
             validation = nil
         }
-    }
-
-    /// The image size a run's model needs (for the message above): its config's resize_vision_tower_size.
-    static func imageSizeHint(_ o: TrainOptions) -> String {
-        if let c = o.config, let cfg = try? PixelLMConfig.load(TrainModelSource.configPath(c)) { return "\(cfg.resizeVisionTowerSize)" }
-        return "448"
     }
 
     // MARK: - validation

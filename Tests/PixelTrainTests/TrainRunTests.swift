@@ -302,6 +302,23 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(try l.tensor("model.layers.1.self_attn.q_proj.weight").toArray(), try m.tensor("model.layers.1.self_attn.q_proj.weight").toArray())
     }
 
+    // MARK: a dataset tree
+
+    /// --dataset-dir a dataset tree (not shards): packed first into RUN/shards by both ranks, then trained on.
+    func testADatasetTreeIsPreparedFirst() throws {
+        let (_, config) = try Self.data.get()
+        let args = ["train", "--config", config, "--dataset-dir", Self.root + "/data", "--max-steps", "2", "--batch-size", "1",
+                    "--grad-accumulation-steps", "1", "--log-base-dir", Self.root + "/runs", "--exp-name", "tree", "--quiet"]
+        let r = try Self.mpi(2, args)
+        XCTAssertEqual(r.status, 0, r.err + r.out)
+        XCTAssertTrue(r.out.contains("is a dataset tree"), r.out)
+        let shards = Self.runDir("tree") + "/shards"
+        let manifest = try ShardManifest.load(shards)
+        XCTAssertEqual(manifest.options.imageSize, 112, "the model's image size")
+        XCTAssertGreaterThan(manifest.totalSamples, 16)
+        XCTAssertEqual(try Self.losses("tree").count, 2)
+    }
+
     // MARK: a LLaVA base
 
     /// --version a LLaVA base (the tiny one of Tests/PixelModelTests/Fixtures/ckpt, with its CLIP) and --config for
