@@ -191,9 +191,11 @@ public enum LLaVABase {
     /// Errors name the file and the field: config.json against the weights (hidden_size, num_hidden_layers,
     /// vocab_size, ...), a missing vision tower, a tokenizer smaller than the checkpoint's vocabulary, unknown
     /// tensors, a PixelLM directory given as a LLaVA one.
+    /// `loadLayers: false` leaves the LLaMA layers, the final norm and CLIP unloaded (uninitialised memory, never
+    /// touched): for consolidation, which streams them from their files; every newly initialised tensor is the same.
     public static func initialize(fromLLaVA directory: String, visionTower: String? = nil, tokenizer: LLaVATokenizerInfo,
                                   settings: PixelLMSettings = .released, seed: UInt64 = 0,
-                                  precision: WeightPrecision = .f32) throws -> (model: PixelLMForCausalLM, report: LLaVAInitReport) {
+                                  precision: WeightPrecision = .f32, loadLayers: Bool = true) throws -> (model: PixelLMForCausalLM, report: LLaVAInitReport) {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
@@ -335,6 +337,7 @@ public enum LLaVABase {
         let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: PixelLMModelDirectory.bf16Linears(model)) : [:]
         var scratch = CheckpointLoadReport()
         for (n, t) in llm {
+            if !loadLayers && n != "model.embed_tokens.weight" && n != "lm_head.weight" { continue }
             let info = try source.info(n)
             try PixelLMModelDirectory.checkFloat(info.dtype, n, directory)
             report.dtypes.insert(info.dtype.name)
@@ -361,7 +364,7 @@ public enum LLaVABase {
         }
 
         // CLIP
-        report.vision = try PixelLMModelDirectory.loadVision(model, from: try WeightSources.open(vdir), name: vdir)
+        if loadLayers { report.vision = try PixelLMModelDirectory.loadVision(model, from: try WeightSources.open(vdir), name: vdir) }
         if precision == .bf16 { CachingAllocator.shared.emptyCache() }
         return (model, report)
     }

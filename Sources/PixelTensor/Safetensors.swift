@@ -380,12 +380,20 @@ public enum Safetensors {
     /// over `path`, so `path` is never left half-written.
     public static func write(_ tensors: [String: Tensor], to path: String, dtype: DType = .f32,
                              metadata: [String: String]? = nil) throws {
+        try write(shapes: tensors.mapValues(\.shape), to: path, dtype: dtype, metadata: metadata) { tensors[$0]! }
+    }
+
+    /// Streaming form: the header from `shapes`, then `produce(name)` once per tensor in name order, each written
+    /// and dropped before the next is asked for (peak memory: the largest tensor). A produced tensor must have its
+    /// declared shape.
+    public static func write(shapes: [String: [Int]], to path: String, dtype: DType = .f32, metadata: [String: String]? = nil,
+                             produce: (String) throws -> Tensor) throws {
         try checkWritable(dtype, path)
-        if tensors["__metadata__"] != nil {
+        if shapes["__metadata__"] != nil {
             throw SafetensorsError(.invalidName, file: path, key: "__metadata__", "reserved name, cannot be a tensor")
         }
-        let order = sortedNames(tensors.keys)
-        let head = header(order.map { ($0, tensors[$0]!.shape) }, dtype: dtype, metadata: metadata)
+        let order = sortedNames(shapes.keys)
+        let head = header(order.map { ($0, shapes[$0]!) }, dtype: dtype, metadata: metadata)
         try AtomicFile.write(path, error: ioError) { w in
             var n = UInt64(head.count).littleEndian
             try withUnsafeBytes(of: &n) { try w.write($0) }
@@ -394,7 +402,10 @@ public enum Safetensors {
             let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk * 4, alignment: 64)
             defer { buf.deallocate() }
             for name in order {
-                let t = tensors[name]!.contiguousData()
+                let t = try produce(name).contiguousData()
+                guard t.shape == shapes[name]! else {
+                    throw SafetensorsError(.tensorInvalidInfo, file: path, key: name, "produced \(t.shape), declared \(shapes[name]!)")
+                }
                 var i = 0
                 while i < t.count {
                     let m = min(chunk, t.count - i)
@@ -420,12 +431,20 @@ public enum Safetensors {
     @discardableResult
     public static func writeSharded(_ tensors: [String: Tensor], to directory: String, maxShardBytes: Int,
                                     dtype: DType = .f32, metadata: [String: String]? = ["format": "pt"]) throws -> [String] {
+        try writeSharded(shapes: tensors.mapValues(\.shape), to: directory, maxShardBytes: maxShardBytes, dtype: dtype,
+                         metadata: metadata) { tensors[$0]! }
+    }
+
+    /// Streaming form of `writeSharded` (see `write(shapes:...)`).
+    @discardableResult
+    public static func writeSharded(shapes: [String: [Int]], to directory: String, maxShardBytes: Int, dtype: DType = .f32,
+                                    metadata: [String: String]? = ["format": "pt"], produce: (String) throws -> Tensor) throws -> [String] {
         try checkWritable(dtype, directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var shards: [[String]] = []
         var current: [String] = [], currentBytes = 0, total = 0
-        for name in sortedNames(tensors.keys) {
-            let bytes = tensors[name]!.count * dtype.byteSize
+        for name in sortedNames(shapes.keys) {
+            let bytes = shapes[name]!.reduce(1, *) * dtype.byteSize
             if !current.isEmpty && currentBytes + bytes > maxShardBytes {
                 shards.append(current)
                 current = []
@@ -439,15 +458,15 @@ public enum Safetensors {
         func path(_ f: String) -> String { (directory as NSString).appendingPathComponent(f) }
         var written: [String] = []
         if shards.count == 1 {
-            try write(tensors, to: path(singleName), dtype: dtype, metadata: metadata)
+            try write(shapes: shapes, to: path(singleName), dtype: dtype, metadata: metadata, produce: produce)
             written = [singleName]
         } else {
             var weightMap: [(String, String)] = []
             for (i, names) in shards.enumerated() {
                 let f = shardName(i + 1, of: shards.count)
-                var part: [String: Tensor] = [:]
-                for n in names { part[n] = tensors[n]!; weightMap.append((n, f)) }
-                try write(part, to: path(f), dtype: dtype, metadata: metadata)
+                var part: [String: [Int]] = [:]
+                for n in names { part[n] = shapes[n]!; weightMap.append((n, f)) }
+                try write(shapes: part, to: path(f), dtype: dtype, metadata: metadata, produce: produce)
                 written.append(f)
             }
             var s = "{\n  \"metadata\": {\n    \"total_size\": \(total)\n  },\n  \"weight_map\": {\n"

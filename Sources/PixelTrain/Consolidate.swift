@@ -5,9 +5,11 @@ import PixelTensor
 /// `pixellm consolidate`: a training checkpoint (every rank's slices) -> full weights in HF layout with the released
 /// PixelLM names (config.json, model.safetensors or shards with model.safetensors.index.json, the tokenizer files).
 /// The trainable tensors come from the checkpoint (every file's size and CRC-32 checked first, every element count
-/// checked against the layout); the frozen ones from the run's base: the --version directory, or for a --config run
-/// the seeded initialisation, reproduced exactly (CLIP is then written inside the checkpoint, under
-/// model.vision_tower.vision_tower.*, so the output is complete).
+/// checked against the layout); the frozen ones from the run's base: streamed from the --version directory's files
+/// (a PixelLM checkpoint, or a LLaVA base's LLaMA layers), or for a --config run the seeded initialisation,
+/// reproduced exactly (CLIP is then written inside, under model.vision_tower.vision_tower.*, so the output is
+/// complete). It streams tensor by tensor: one bucket of the checkpoint and one output tensor at a time (plus, for
+/// a LLaVA base, the newly initialised parts; for a --config run, the model).
 public enum Consolidate {
     public struct Report {
         public var checkpoint: String
@@ -24,29 +26,88 @@ public enum Consolidate {
         try m.verifyFiles(in: dir)
         var o = m.options
         o.datasetDir = o.datasetDir.isEmpty ? "-" : o.datasetDir
-        let source = try TrainModelSource(options: o, tokenizerDirectory: m.tokenizer)
-        guard source.model.config == m.config else {
+        let source = try TrainModelSource(options: o, tokenizerDirectory: m.tokenizer, streaming: true)
+        var expected = m.config
+        expected.lora = source.model.config.lora
+        guard source.model.config == expected else {
             throw TrainError.mismatch(field: "config", "the run's base (\(o.config ?? o.version ?? "?")) no longer gives the model config the checkpoint was trained with")
         }
-        let full = try TrainCheckpoint.readFull(dir, manifest: m)
-        let byName = Dictionary(uniqueKeysWithValues: source.table.entries.map { ($0.name, $0.tensor) })
-        var elements = 0
-        for p in m.layout.params {
-            guard let t = byName[p.name] else { throw TrainError.file(dir, "the layout names \(p.name), which the model does not have") }
-            guard t.shape == p.shape, p.count == t.count, p.offset + p.count <= full.values[p.bucket].count else {
-                throw TrainError.file(dir, "\(p.name): the layout gives \(p.shape) at \(p.offset)..<\(p.offset + p.count) of bucket \(p.bucket) (\(full.values[p.bucket].count) elements); the model has \(t.shape)")
+        // the trained tensors, by name -> (bucket, offset, count); one bucket of values cached at a time
+        let L = m.layout
+        var trained: [String: BucketLayout.Param] = [:]
+        for p in L.params { trained[p.name] = p }
+        var cached: (bucket: Int, values: [Float])?
+        func bucketValues(_ b: Int) throws -> [Float] {
+            if let c = cached, c.bucket == b { return c.values }
+            var v = [Float](repeating: 0, count: L.buckets[b].count)
+            for r in 0..<m.worldSize {
+                let own = L.ownedRange(b, rank: r)
+                let file = (dir as NSString).appendingPathComponent(m.files[r].name)
+                let t: Tensor
+                do { t = try TensorFile.read(file, name: "b\(b)/value") } catch { throw TrainError.file(file, "dataset b\(b)/value: \(error)") }
+                guard t.count == own.count else {
+                    throw TrainError.file(file, "b\(b)/value has \(t.count) elements, the layout gives rank \(r) \(own.count)")
+                }
+                t.contiguousData().ptr.withMemoryRebound(to: Float.self, capacity: t.count) { p in
+                    v.withUnsafeMutableBufferPointer { dst in (dst.baseAddress! + own.lowerBound).update(from: p, count: t.count) }
+                }
             }
-            full.values[p.bucket].withUnsafeBufferPointer { src in t.ptr.update(from: src.baseAddress! + p.offset, count: p.count) }
-            elements += p.count
+            cached = (b, v)
+            return v
         }
-        guard elements == m.layout.totalElements else {
-            throw TrainError.file(dir, "\(elements) elements placed, the layout holds \(m.layout.totalElements)")
+        let model = source.model
+        let byName = Dictionary(uniqueKeysWithValues: model.allNamedTensors())
+        var placed = Set<String>()
+        /// One tensor of the output, by name (its trained value, else the base's, else the model's).
+        func value(_ name: String) throws -> Tensor {
+            guard let t = byName[name] ?? byName[name.replacingOccurrences(of: PixelLMForCausalLM.visionPrefix + ".", with: "")] else {
+                throw TrainError.file(dir, "the model has no tensor \(name)")
+            }
+            let layoutName = name.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") ? String(name.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1)) : name
+            if let p = trained[layoutName] {
+                guard p.shape == t.shape, p.offset + p.count <= L.buckets[p.bucket].count else {
+                    throw TrainError.file(dir, "\(name): the layout gives \(p.shape) at \(p.offset)..<\(p.offset + p.count) of bucket \(p.bucket); the model has \(t.shape)")
+                }
+                let v = try bucketValues(p.bucket)
+                placed.insert(layoutName)
+                return Tensor(Array(v[p.offset..<(p.offset + p.count)]), shape: p.shape)
+            }
+            if let src = source.baseSource, source.streamedNames.contains(name) {
+                let v = try src.tensor(name)
+                guard v.shape == t.shape else { throw TrainError.file(o.version ?? dir, "\(name) is \(v.shape) in the base, the model's is \(t.shape)") }
+                return v
+            }
+            return t
         }
-        // LoRA: kept as PEFT names (config.json's "lora" block), or folded in: W + (alpha / r) B A
-        if mergeLoRA { source.model.mergeLoRA() }
+        // the adapters folded in: W + (alpha / r) B A
+        let adapters = Dictionary(uniqueKeysWithValues: model.loraAdapters.map { ($0.0 + ".weight", $0.1) })
+        func output(_ name: String) throws -> Tensor {
+            // the previous tensor has been written: give its memory back (the allocator would cache every size)
+            CachingAllocator.shared.emptyCache()
+            let w = try value(name)
+            guard mergeLoRA, let a = adapters[name] else { return w }
+            let prefix = String(name.dropLast("weight".count))
+            let A = try value(prefix + "lora_A.default.weight"), B = try value(prefix + "lora_B.default.weight")
+            return Autograd.noGrad { (w + B.matmul(A) * a.scaling).contiguousData() }
+        }
+        var shapes: [String: [Int]] = [:]
+        // CLIP inside the output when the run's base had it inside (a --config run; a --version checkpoint holding it)
+        let visionInside = o.config != nil && !LLaVABase.isLLaVADirectory(o.version ?? "")
+            || source.streamedNames.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") }
+        for (n, t) in model.checkpointTensors(includeVision: visionInside) {
+            if mergeLoRA && n.contains(".lora_") { continue }
+            shapes[n] = t.shape
+        }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        var files = try PixelLMCheckpoint.save(source.model, to: out, dtype: dtype, maxShardBytes: maxShardBytes,
-                                                includeVision: o.config != nil)
+        var files = try Safetensors.writeSharded(shapes: shapes, to: out, maxShardBytes: maxShardBytes, dtype: dtype, produce: output)
+        let missing = L.params.map(\.name).filter { !placed.contains($0) }
+        guard missing.isEmpty else {
+            throw TrainError.file(dir, "\(missing.count) trained tensor(s) are not in the output (e.g. \(missing[0])): the layout names tensors the model does not have")
+        }
+        var config = model.config
+        if mergeLoRA { config.lora = nil }
+        try PixelLMCheckpoint.writeConfig(config, to: out)
+        files.append(PixelLMCheckpoint.configName)
         for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
             let src = (source.tokenizerDirectory as NSString).appendingPathComponent(f)
             guard FileManager.default.fileExists(atPath: src) else { continue }
@@ -55,7 +116,7 @@ public enum Consolidate {
             try FileManager.default.copyItem(atPath: src, toPath: dst)
             files.append(f)
         }
-        return Report(checkpoint: dir, step: m.step, trainableTensors: m.layout.params.count, trainableElements: elements, files: files)
+        return Report(checkpoint: dir, step: m.step, trainableTensors: L.params.count, trainableElements: L.totalElements, files: files)
     }
 }
 

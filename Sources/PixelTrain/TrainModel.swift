@@ -34,7 +34,15 @@ public struct TrainModelSource {
         }
     }
 
-    public init(options o: TrainOptions, tokenizerDirectory tokDir: String) throws {
+    /// Tensors a consolidation reads from the base's files instead of the model (nil: none; see `streaming`).
+    public private(set) var baseSource: (any WeightSource)?
+    /// The names `baseSource` provides.
+    public private(set) var streamedNames: Set<String> = []
+
+    /// `streaming` (consolidation): a --version PixelLM checkpoint is opened as a skeleton (no tensor read; every
+    /// frozen tensor is then streamed from its file), a LLaVA base without its LLaMA layers and CLIP (streamed); a
+    /// --config model is built whole (its frozen tensors exist nowhere else).
+    public init(options o: TrainOptions, tokenizerDirectory tokDir: String, streaming: Bool = false) throws {
         let tok: Tokenizer
         do { tok = try Tokenizer(directory: tokDir) } catch { throw TrainError.file(tokDir, "tokenizer: \(error)") }
         let perTarget = o.segTokenNum * o.imageFeatureScaleNum
@@ -50,7 +58,12 @@ public struct TrainModelSource {
             if let i = tok.imEndId { known["<im_end>"] = i }
             let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
             let (m, report) = try LLaVABase.initialize(fromLLaVA: v, visionTower: o.visionTower, tokenizer: info, settings: settings,
-                                                       seed: o.seed)
+                                                       seed: o.seed, loadLayers: !streaming)
+            if streaming {
+                let src = try WeightSources.open(v)
+                baseSource = src
+                streamedNames = Set(src.names.filter { $0.hasPrefix("model.layers.") || $0 == "model.norm.weight" })
+            }
             guard m.segTokenIds == tok.segIds, report.vocabulary.appended.isEmpty else {
                 throw TrainError.mismatch(field: "tokenizer", "the shards' tokenizer \(tokDir) must hold the SEG tokens the model uses (model \(m.segTokenIds), tokenizer \(tok.segIds))")
             }
@@ -67,6 +80,13 @@ public struct TrainModelSource {
             }
             var rng = RNG(seed: o.seed)
             model = PixelLMForCausalLM(config: config, segTokenIds: tok.segIds, rng: &rng)
+        } else if let v = o.version, streaming {
+            let (config, _) = try PixelLMModelDirectory.readConfig(v, visionTower: o.visionTower)
+            var rng = RNG(seed: 0)
+            model = PixelLMForCausalLM(config: config, segTokenIds: tok.segIds, skeleton: true, rng: &rng)
+            let src = try WeightSources.open(v)
+            baseSource = src
+            streamedNames = Set(src.names)
         } else if let v = o.version {
             let (m, _) = try PixelLMModelDirectory.open(v, visionTower: o.visionTower, segTokenIds: tok.segIds)
             model = m

@@ -353,6 +353,38 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(try got.tensor("model.layers.1.mlp.down_proj.weight").toArray(), try base.tensor("model.layers.1.mlp.down_proj.weight").toArray())
     }
 
+    /// A run from a --version PixelLM checkpoint (the consolidation of a --config run, CLIP inside): consolidation
+    /// streams every frozen tensor from the base's file (identical bytes) and takes the trained ones from the
+    /// checkpoint; the output is complete (CLIP inside) and opens as a model.
+    func testConsolidationStreamsFrozenTensorsFromTheBase() throws {
+        try train(try common("s-base", steps: 2, bs: 1, ga: 1))
+        let base = Self.root + "/s-base-model"
+        XCTAssertEqual(try Self.pixellm(["consolidate", "--checkpoint", Self.runDir("s-base"), "--out", base]).status, 0)
+        let (shards, _) = try Self.data.get()
+        try train(["train", "--version", base, "--dataset-dir", shards, "--max-steps", "2", "--batch-size", "1",
+                   "--grad-accumulation-steps", "1", "--trainable", "decoder", "--lora-r", "0", "--log-base-dir", Self.root + "/runs",
+                   "--exp-name", "s-ft", "--quiet"])
+        let out = Self.root + "/s-ft-model"
+        let r = try Self.pixellm(["consolidate", "--checkpoint", Self.runDir("s-ft"), "--out", out, "--dtype", "f32"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let b = try WeightSources.open(base), o = try WeightSources.open(out)
+        XCTAssertEqual(Set(o.names), Set(b.names), "the same tensors as the base (CLIP inside)")
+        let trained = try Self.weights("s-ft")
+        var frozen = 0
+        for n in o.names {
+            if let v = trained[n] {
+                XCTAssertEqual(try o.tensor(n).toArray(), v, "\(n): not the trained value")
+                XCTAssertTrue(n.hasPrefix("model.mask_decoder."), n)
+            } else {
+                XCTAssertEqual(try o.tensor(n).toArray(), try b.tensor(n).toArray(), "\(n): not the base's")
+                frozen += 1
+            }
+        }
+        XCTAssertGreaterThan(frozen, 200)
+        XCTAssertGreaterThan(trained.count, 50)
+        XCTAssertNoThrow(try PixelLMModelDirectory.open(out))
+    }
+
     // MARK: bad input and faults
 
     /// Ranks started with different options (mpirun's MPMD form): the job stops before training, naming the rank and
