@@ -199,11 +199,55 @@ public final class Trainer {
         public var seconds: Double
     }
 
+    /// This rank's samples of the step. The global batch is always the G = batch_size x accumulation x N positions
+    /// after `consumed_samples`; with N > 1 they are dealt to the ranks by estimated cost (longest first, to the least
+    /// loaded rank with a free slot; ties by position), so that no rank waits long for another at the reduction. Every
+    /// rank computes the same assignment; each rank's samples are in sequence order.
+    public func stepPicks() throws -> [ShardMixture.Pick] {
+        let per = options.batchSize * options.gradAccumulationSteps, N = comm.size
+        if N == 1 { return mixture.next(rank: 0, worldSize: 1, consumedSamples: consumedSamples, count: per) }
+        let all = (0..<(per * N)).map { mixture.pick(at: consumedSamples + $0) }
+        let cost = try all.map { try sampleCost($0.sample) }
+        return Self.balance(costs: cost, ranks: N, perRank: per)[comm.rank].map { all[$0] }
+    }
+
+    /// Deals items (by index) to `ranks` lists of `perRank` each: longest first to the least loaded rank with a free
+    /// slot (ties: lower rank; equal costs: lower index first); each list in index order.
+    public static func balance(costs: [Double], ranks N: Int, perRank per: Int) -> [[Int]] {
+        precondition(costs.count == N * per, "balance: \(costs.count) items for \(N) x \(per)")
+        let order = costs.indices.sorted { costs[$0] != costs[$1] ? costs[$0] > costs[$1] : $0 < $1 }
+        var load = [Double](repeating: 0, count: N), taken = [[Int]](repeating: [], count: N)
+        for i in order {
+            var best = -1
+            for r in 0..<N where taken[r].count < per {
+                if best < 0 || load[r] < load[best] { best = r }
+            }
+            load[best] += costs[i]
+            taken[best].append(i)
+        }
+        return taken.map { $0.sorted() }
+    }
+
+    /// Estimated work of a sample: CLIP over its image, the LLM over every conversation (tokens plus the image
+    /// tokens), the decoder and mask losses per target.
+    func sampleCost(_ i: Int) throws -> Double {
+        let c = source.model.config
+        let (ids, _) = try reader.tokens(i)
+        let seg0 = source.model.segTokenIds[0]
+        let patches = Double(c.visionGrid * c.visionGrid + 1)
+        var cost = 2 * patches
+        for conv in ids {
+            cost += Double(min(conv.count, options.modelMaxLength - 255) - 1 + c.imageTokenCount)
+            cost += 50 * Double(conv.filter { $0 == seg0 }.count)
+        }
+        return cost
+    }
+
     /// One optimizer step.
     public func trainStep() throws -> StepMetrics {
         let t0 = Date()
         let bs = options.batchSize, ga = options.gradAccumulationSteps
-        let picks = mixture.next(rank: comm.rank, worldSize: comm.size, consumedSamples: consumedSamples, count: bs * ga)
+        let picks = try stepPicks()
         var micro: [PixelLMBatch] = []
         for k in 0..<ga { micro.append(try batches.batch(samples: picks[(k * bs)..<((k + 1) * bs)].map(\.sample))) }
         let counts = micro.map(ShardBatches.counts)

@@ -91,6 +91,23 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// The global batch dealt to ranks by cost: a partition with equal counts, deterministic, and far better
+    /// balanced than the strided split on skewed costs.
+    func testCostBalancedSplitOfTheGlobalBatch() {
+        var rng = RNG(seed: 5)
+        for (N, per) in [(2, 4), (3, 2), (4, 5)] {
+            let costs = (0..<(N * per)).map { _ in Double(100 + Int(rng.uniform() * 1000)) }
+            let split = Trainer.balance(costs: costs, ranks: N, perRank: per)
+            XCTAssertEqual(split.flatMap { $0 }.sorted(), Array(0..<(N * per)), "a partition")
+            XCTAssertTrue(split.allSatisfy { $0.count == per })
+            XCTAssertEqual(split, Trainer.balance(costs: costs, ranks: N, perRank: per))
+            let loads = split.map { $0.reduce(0) { $0 + costs[$1] } }
+            let strided = (0..<N).map { r in stride(from: r, to: N * per, by: N).reduce(0.0) { $0 + costs[$1] } }
+            XCTAssertLessThanOrEqual(loads.max()! - loads.min()!, strided.max()! - strided.min()! + 1e-9)
+            XCTAssertLessThanOrEqual(loads.max()! - loads.min()!, costs.max()!, "within one item of even")
+        }
+    }
+
     func testNonFiniteGradientSkipsTheUpdate() {
         let shapes = [[3], [2, 2]]
         let ours = Self.tensors(shapes, seed: 3)
