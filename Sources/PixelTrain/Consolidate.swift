@@ -39,19 +39,7 @@ public enum Consolidate {
         var cached: (bucket: Int, values: [Float])?
         func bucketValues(_ b: Int) throws -> [Float] {
             if let c = cached, c.bucket == b { return c.values }
-            var v = [Float](repeating: 0, count: L.buckets[b].count)
-            for r in 0..<m.worldSize {
-                let own = L.ownedRange(b, rank: r)
-                let file = (dir as NSString).appendingPathComponent(m.files[r].name)
-                let t: Tensor
-                do { t = try TensorFile.read(file, name: "b\(b)/value") } catch { throw TrainError.file(file, "dataset b\(b)/value: \(error)") }
-                guard t.count == own.count else {
-                    throw TrainError.file(file, "b\(b)/value has \(t.count) elements, the layout gives rank \(r) \(own.count)")
-                }
-                t.contiguousData().ptr.withMemoryRebound(to: Float.self, capacity: t.count) { p in
-                    v.withUnsafeMutableBufferPointer { dst in (dst.baseAddress! + own.lowerBound).update(from: p, count: t.count) }
-                }
-            }
+            let v = try TrainCheckpoint.readBucket(dir, manifest: m, bucket: b, key: "value")
             cached = (b, v)
             return v
         }
@@ -108,14 +96,7 @@ public enum Consolidate {
         if mergeLoRA { config.lora = nil }
         try PixelLMCheckpoint.writeConfig(config, to: out)
         files.append(PixelLMCheckpoint.configName)
-        for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
-            let src = (source.tokenizerDirectory as NSString).appendingPathComponent(f)
-            guard FileManager.default.fileExists(atPath: src) else { continue }
-            let dst = (out as NSString).appendingPathComponent(f)
-            try? FileManager.default.removeItem(atPath: dst)
-            try FileManager.default.copyItem(atPath: src, toPath: dst)
-            files.append(f)
-        }
+        files += try copyTokenizerFiles(from: source.tokenizerDirectory, to: out)
         return Report(checkpoint: dir, step: m.step, trainableTensors: L.params.count, trainableElements: L.totalElements, files: files)
     }
 }
@@ -169,14 +150,21 @@ public enum MergeLoRA {
         // a base with CLIP inside (a consolidated --config run) keeps it inside
         let visionInside = (try? WeightSources.open(base))?.names.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") } ?? false
         var files = try PixelLMCheckpoint.save(model, to: out, dtype: dtype, maxShardBytes: maxShardBytes, includeVision: visionInside)
-        for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
-            let s = (base as NSString).appendingPathComponent(f)
-            guard FileManager.default.fileExists(atPath: s) else { continue }
-            let d = (out as NSString).appendingPathComponent(f)
-            try? FileManager.default.removeItem(atPath: d)
-            try FileManager.default.copyItem(atPath: s, toPath: d)
-            files.append(f)
-        }
+        files += try copyTokenizerFiles(from: base, to: out)
         return Report(merged: merged, replaced: replaced, files: files)
     }
+}
+
+/// Copies the tokenizer files a PixelLM directory holds (those that exist) into `out`; returns their names.
+func copyTokenizerFiles(from dir: String, to out: String) throws -> [String] {
+    var copied: [String] = []
+    for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
+        let src = (dir as NSString).appendingPathComponent(f)
+        guard FileManager.default.fileExists(atPath: src) else { continue }
+        let dst = (out as NSString).appendingPathComponent(f)
+        try? FileManager.default.removeItem(atPath: dst)
+        try FileManager.default.copyItem(atPath: src, toPath: dst)
+        copied.append(f)
+    }
+    return copied
 }

@@ -195,33 +195,32 @@ public enum TrainCheckpoint {
         }
     }
 
-    /// The full (unpadded) values, m and v of every bucket, assembled from all rank files of a checkpoint.
-    public static func readFull(_ dir: String, manifest m: TrainCheckpointManifest) throws -> (values: [[Float]], m: [[Float]], v: [[Float]]) {
+    /// One bucket's full (unpadded) `key` ("value", "m" or "v"), assembled from every rank's slice; the element
+    /// counts are checked against the layout.
+    public static func readBucket(_ dir: String, manifest m: TrainCheckpointManifest, bucket b: Int, key: String) throws -> [Float] {
         let L = m.layout
-        var values = L.buckets.map { [Float](repeating: 0, count: $0.count) }
-        var mm = values, vv = values
+        var out = [Float](repeating: 0, count: L.buckets[b].count)
         for r in 0..<m.worldSize {
             let path = (dir as NSString).appendingPathComponent(m.files[r].name)
-            for b in L.buckets.indices {
-                let own = L.ownedRange(b, rank: r)
-                for (key, dst) in [("value", 0), ("m", 1), ("v", 2)] {
-                    let t: Tensor
-                    do { t = try TensorFile.read(path, name: "b\(b)/\(key)") } catch {
-                        throw TrainError.file(path, "dataset b\(b)/\(key): \(error)")
-                    }
-                    guard t.count == own.count else {
-                        throw TrainError.file(path, "b\(b)/\(key) has \(t.count) elements, the layout gives rank \(r) \(own.count)")
-                    }
-                    let a = t.toArray()
-                    switch dst {
-                    case 0: values[b].replaceSubrange(own, with: a)
-                    case 1: mm[b].replaceSubrange(own, with: a)
-                    default: vv[b].replaceSubrange(own, with: a)
-                    }
-                }
+            let own = L.ownedRange(b, rank: r)
+            let t: Tensor
+            do { t = try TensorFile.read(path, name: "b\(b)/\(key)") } catch {
+                throw TrainError.file(path, "dataset b\(b)/\(key): \(error)")
             }
+            guard t.count == own.count else {
+                throw TrainError.file(path, "b\(b)/\(key) has \(t.count) elements, the layout gives rank \(r) \(own.count)")
+            }
+            out.replaceSubrange(own, with: t.toArray())
         }
-        return (values, mm, vv)
+        return out
+    }
+
+    /// The full (unpadded) values, m and v of every bucket, assembled from all rank files of a checkpoint.
+    public static func readFull(_ dir: String, manifest m: TrainCheckpointManifest) throws -> (values: [[Float]], m: [[Float]], v: [[Float]]) {
+        let buckets = m.layout.buckets.indices
+        return (try buckets.map { try readBucket(dir, manifest: m, bucket: $0, key: "value") },
+                try buckets.map { try readBucket(dir, manifest: m, bucket: $0, key: "m") },
+                try buckets.map { try readBucket(dir, manifest: m, bucket: $0, key: "v") })
     }
 
     /// Loads a checkpoint into the optimizer of this run (any world size): values into every replica, this rank's

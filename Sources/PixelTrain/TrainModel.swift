@@ -52,11 +52,7 @@ public struct TrainModelSource {
             // (which holds the SEG tokens), fresh projectors and decoder side from the seed; the PixelLM sizes from
             // --config when given (a small test model), else the released ones (448 px, the 256-wide decoder)
             let settings = try o.config.map { PixelLMSettings(of: try PixelLMConfig.load(Self.configPath($0))) } ?? .released
-            var known: [String: Int] = [:]
-            for (t, i) in zip(tok.segTokens, tok.segIds) { known[t] = i }
-            if let i = tok.imStartId { known["<im_start>"] = i }
-            if let i = tok.imEndId { known["<im_end>"] = i }
-            let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
+            let info = LLaVATokenizerInfo(tokenizer: tok, name: tokDir)
             let (m, report) = try LLaVABase.initialize(fromLLaVA: v, visionTower: o.visionTower, tokenizer: info, settings: settings,
                                                        seed: o.seed, loadLayers: !streaming)
             if streaming {
@@ -114,5 +110,16 @@ public struct TrainModelSource {
             crc = CRC32.checksum(UnsafeRawBufferPointer(start: t.ptr, count: t.count * 4), initial: crc)
         }
         return crc
+    }
+}
+
+extension LLaVATokenizerInfo {
+    /// What LLaVABase needs to know of a tokenizer: its length and the ids of the PixelLM tokens it already has.
+    public init(tokenizer tok: Tokenizer, name: String) {
+        var known: [String: Int] = [:]
+        for (t, i) in zip(tok.segTokens, tok.segIds) { known[t] = i }
+        if let i = tok.imStartId { known["<im_start>"] = i }
+        if let i = tok.imEndId { known["<im_end>"] = i }
+        self.init(name: name, count: tok.vocabSize, known: known)
     }
 }

@@ -147,8 +147,9 @@ public final class Trainer {
         }
     }
 
-    static func fields(_ o: TrainOptions) -> [String: String] {
-        guard let d = try? JSONEncoder().encode(o), let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
+    /// The top-level fields of a value's JSON encoding, as text (to name the fields two plans differ in).
+    static func fields<T: Encodable>(_ value: T) -> [String: String] {
+        guard let d = try? JSONEncoder().encode(value), let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
         return obj.mapValues { "\($0)" }
     }
 
@@ -161,7 +162,7 @@ public final class Trainer {
         let m = try TrainCheckpointManifest.load(dir)
         try m.verifyFiles(in: dir)
         if m.config != source.model.config {
-            let a = Self.configFields(m.config), b = Self.configFields(source.model.config)
+            let a = Self.fields(m.config), b = Self.fields(source.model.config)
             let diff = Set(a.keys).union(b.keys).filter { a[$0] != b[$0] }.sorted()
             throw TrainError.mismatch(field: diff.first.map { "config." + $0 } ?? "config",
                                       "the checkpoint \(dir) was trained with another model config (\(diff.map { "\($0): \(a[$0] ?? "nil") there, \(b[$0] ?? "nil") here" }.joined(separator: "; ")))")
@@ -182,11 +183,6 @@ public final class Trainer {
             let g = m.options.batchSize * m.options.gradAccumulationSteps * m.worldSize
             if g != globalBatch { print("note: the global batch was \(g) samples per step, now \(globalBatch)") }
         }
-    }
-
-    static func configFields(_ c: PixelLMConfig) -> [String: String] {
-        guard let d = try? JSONEncoder().encode(c), let obj = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else { return [:] }
-        return obj.mapValues { "\($0)" }
     }
 
     // MARK: - the loop

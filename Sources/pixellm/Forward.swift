@@ -4,6 +4,7 @@ import PixelData
 import PixelModel
 import PixelTensor
 import PixelText
+import PixelTrain
 
 /// What `forward` and `chat` share: the model directory (or benchmark weights), the tokenizer, the image.
 struct ModelOptions: ParsableArguments {
@@ -41,11 +42,7 @@ struct ModelOptions: ParsableArguments {
         }
         let tokDir = tokenizer ?? dir
         var tok = try Tokenizer(directory: tokDir)
-        var known: [String: Int] = [:]
-        for (t, i) in zip(tok.segTokens, tok.segIds) { known[t] = i }
-        if let i = tok.imStartId { known["<im_start>"] = i }
-        if let i = tok.imEndId { known["<im_end>"] = i }
-        let info = LLaVATokenizerInfo(name: tokDir, count: tok.vocabSize, known: known)
+        let info = LLaVATokenizerInfo(tokenizer: tok, name: tokDir)
         var p = WeightPrecision(rawValue: precision ?? "f32")!
         if precision == nil, let src = try? WeightSources.open(dir), let up = src.names.first(where: { $0.hasSuffix("mlp.up_proj.weight") }),
            let info = try? src.info(up), info.dtype == .bf16,
