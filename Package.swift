@@ -62,7 +62,8 @@ let package = Package(
         .testTarget(name: "PixelTextTests", dependencies: ["PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDataTests", dependencies: ["PixelData", "PixelTensor", "PixelText"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PixelDistributedTests", dependencies: ["PixelDistributed"]),
-        .testTarget(name: "PixelTrainTests", dependencies: ["PixelTrain", "PixelModel", "PixelData", "PixelDistributed", "PixelTensor"]),
+        .testTarget(name: "PixelTrainTests", dependencies: ["PixelTrain", "PixelModel", "PixelData", "PixelDistributed", "PixelTensor"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(
             name: "PixelReleaseTests",
             dependencies: ["PixelModel", "PixelTensor", "PixelText", "PixelData"],

@@ -243,6 +243,28 @@ public final class MUSEReader: DatasetReader {
         return e
     }
 
+    /// What evaluation needs beyond the sample: per question, the dataset's text answer (`{seg}` after each target;
+    /// nil when the record has none or its `{seg}` count differs from the targets) and its kind (the optional
+    /// "question_kinds" list of pixellm's synthetic set: "single", "multi", "relational", ...; nil when absent).
+    public func evalInfo(_ index: Int) throws -> (textAnswers: [String?], kinds: [String?]) {
+        guard entries.indices.contains(index) else {
+            throw SampleSkip(file: indexFile, "index out of range: \(index) not in 0..<\(count)")
+        }
+        let e: Entry
+        do { e = try entry(index) } catch let d as DatasetError { throw SampleSkip(file: d.file, d.message) }
+        let texts = e.textAnswers.enumerated().map { e.ignoreText.contains($0.offset) ? nil : $0.element }
+        var kinds = [String?](repeating: nil, count: e.questions.count)
+        let kept = entries[index]
+        if let r = try ReaderJSON.parseElement(bytes.subdata(in: kept.range), file: indexFile, entry: kept.raw) as? [String: Any],
+           let kv = r["question_kinds"], !(kv is NSNull) {
+            guard let l = kv as? [Any], l.count == kinds.count else {
+                throw SampleSkip(file: indexFile, "entry \(kept.raw): 'question_kinds' is not a list of \(kinds.count) strings")
+            }
+            for (q, v) in l.enumerated() { kinds[q] = v as? String }
+        }
+        return (texts, kinds)
+    }
+
     public func sample(_ index: Int, seed: UInt64) throws -> DataSample {
         let base = ReaderJSON.basename(indexFile)
         guard entries.indices.contains(index) else {

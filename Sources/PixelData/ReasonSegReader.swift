@@ -66,13 +66,15 @@ public final class ReasonSegReader: DatasetReader {
         self.explanations = expl
     }
 
-    public func sample(_ index: Int, seed: UInt64) throws -> DataSample {
+    /// One image's annotation: the image, its sentences, whether they are sentences (long questions) or names, and
+    /// the target mask (get_mask_from_json: label 1 = target).
+    public func annotation(_ index: Int) throws -> (imagePath: String, height: Int, width: Int, sentences: [String],
+                                                    isSentence: Bool, target: RLE, source: String) {
         guard images.indices.contains(index) else {
             throw SampleSkip(file: datasetDir, "index out of range: \(index) not in 0..<\(count)")
         }
         let imagePath = images[index]
         let jsonPath = String(imagePath.dropLast(4)) + ".json"
-        let name = ReaderJSON.basename(imagePath)
         let src = "\(subset)/\(ReaderJSON.basename(jsonPath))"
         let (height, width) = try ImageHeader.size(imagePath)
         let anno: [String: Any]
@@ -104,6 +106,12 @@ public final class ReasonSegReader: DatasetReader {
         }
         let mask = try Self.labelMask(shapes, height: height, width: width, file: jsonPath)
         let target = RLE(encoding: BinaryMask(height: height, width: width, data: mask.map { $0 == 1 ? 1 : 0 }))
+        return (imagePath, height, width, sents, isSentence, target, src)
+    }
+
+    public func sample(_ index: Int, seed: UInt64) throws -> DataSample {
+        let (imagePath, height, width, sents, isSentence, target, src) = try annotation(index)
+        let name = ReaderJSON.basename(imagePath)
 
         var rng = DataRNG.make(seed: seed, subset: subset, index: index)
         let inds = sents.count >= options.numClassesPerSample

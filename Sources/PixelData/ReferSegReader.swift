@@ -39,7 +39,12 @@ public final class ReferSegReader: DatasetReader {
 
     public var count: Int { imageIDs.count }
 
-    public init(datasetDir: String, name: String, split: String = "train", options: ReaderOptions = ReaderOptions()) throws {
+    /// The REFER split schemes a `refs(<splitBy>).p` may be named by.
+    public static let splitSchemes = ["unc", "umd", "google", "berkeley"]
+
+    /// `splitBy` (the file `refs(<splitBy>).p`): default "umd" for refcocog, else "unc" (the reference's training choice).
+    public init(datasetDir: String, name: String, split: String = "train", splitBy: String? = nil,
+                options: ReaderOptions = ReaderOptions()) throws {
         let root = datasetDir + "/refer_seg"
         guard Self.names.contains(name) else {
             throw DatasetError(file: root + "/" + name, "unknown refer_seg dataset \"\(name)\" (known: \(Self.names.joined(separator: ", ")))")
@@ -47,8 +52,12 @@ public final class ReferSegReader: DatasetReader {
         subset = name
         self.split = split
         self.options = options
-        splitBy = name == "refcocog" ? "umd" : "unc"
-        refsFile = "\(root)/\(name)/refs(\(splitBy)).p"
+        let scheme = splitBy ?? (name == "refcocog" ? "umd" : "unc")
+        guard Self.splitSchemes.contains(scheme) else {
+            throw DatasetError(file: root + "/" + name, "unknown REFER split scheme \"\(scheme)\" (known: \(Self.splitSchemes.joined(separator: ", ")))")
+        }
+        self.splitBy = scheme
+        refsFile = "\(root)/\(name)/refs(\(scheme)).p"
         instancesFile = "\(root)/\(name)/instances.json"
         imageDir = name == "refclef" ? root + "/images/saiapr_tc-12" : root + "/images/mscoco/images/train2014"
 
@@ -174,6 +183,40 @@ public final class ReferSegReader: DatasetReader {
         return DataSample(dataset: dataset, subset: subset, index: index, imagePath: imagePath, height: info.height,
                           width: info.width, conversations: conversations, targets: targets,
                           source: "\(refsFile) image \(imageID)")
+    }
+}
+
+extension ReferSegReader {
+    /// One image of the split as the reference's ValDataset reads it for validate(): every sentence of every ref of
+    /// the image (refs in file order, sentences in ref order), stripped and lowercased, each with its ref's mask.
+    public func evalItem(_ index: Int) throws -> (imagePath: String, height: Int, width: Int, sentences: [SampleTarget]) {
+        guard index >= 0, index < imageIDs.count else {
+            throw SampleSkip(file: refsFile, "index \(index) out of range 0..<\(imageIDs.count)")
+        }
+        let imageID = imageIDs[index]
+        guard let info = images[imageID] else {
+            throw SampleSkip(file: instancesFile, "image id \(imageID) (used by refs in \(refsFile)) is not in \"images\"")
+        }
+        let sents = sentences[imageID] ?? []
+        guard !sents.isEmpty else { throw SampleSkip(file: refsFile, "image id \(imageID) has no referring sentences") }
+        var masks: [Int: RLE] = [:]
+        var out: [SampleTarget] = []
+        for s in sents {
+            if masks[s.annID] == nil {
+                guard let seg = segmentations[s.annID] else {
+                    throw SampleSkip(file: instancesFile, "annotation \(s.annID) (ref \(s.refID)) is not in \"annotations\"")
+                }
+                do {
+                    masks[s.annID] = RLE(encoding: try seg.get().mask(height: info.height, width: info.width, item: "annotation \(s.annID)"))
+                } catch let e as MaskError {
+                    throw SampleSkip(file: instancesFile, "bad segmentation: \(e.description)")
+                }
+            }
+            let text = s.text.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+            let sent = s.sentID.map { " sent \($0)" } ?? ""
+            out.append(SampleTarget(mask: masks[s.annID]!, name: text, provenance: "ref \(s.refID)\(sent) / ann \(s.annID)"))
+        }
+        return (imageDir + "/" + info.fileName, info.height, info.width, out)
     }
 }
 

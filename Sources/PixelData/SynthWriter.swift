@@ -282,6 +282,9 @@ public struct SynthGenerator {
                 record.append(("questions", .array(qs.map { .string($0.question) })))
                 record.append(("text_answers", .array(qs.map { .string($0.textAnswer) })))
                 record.append(("answers", .array(qs.map { q in .array(q.targets.map { anns[$0] }) })))
+                // not in MUSE: the kind of every question (single, multi, relational, attribute, counting, text), for
+                // `pixellm eval`'s per-kind figures; the reference's loaders ignore unknown keys
+                record.append(("question_kinds", .array(qs.map { .string($0.kind.rawValue) })))
                 records.append(.object(record))
                 summary.objects += scene.objects.count
                 summary.questions += qs.count

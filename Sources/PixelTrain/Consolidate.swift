@@ -168,3 +168,29 @@ func copyTokenizerFiles(from dir: String, to out: String) throws -> [String] {
     }
     return copied
 }
+
+extension Consolidate {
+    /// The model a training checkpoint (or a run directory's `latest`) holds, built in memory: the run's base with the
+    /// trained tensors put in (every file's size and CRC-32 checked first). For `pixellm eval` without consolidating.
+    public static func loadModel(checkpoint path: String) throws -> (model: PixelLMForCausalLM, tokenizerDirectory: String,
+                                                                     step: Int, directory: String) {
+        let dir = try TrainCheckpoint.resolve(path)
+        let m = try TrainCheckpointManifest.load(dir)
+        try m.verifyFiles(in: dir)
+        var o = m.options
+        o.datasetDir = o.datasetDir.isEmpty ? "-" : o.datasetDir
+        let source = try TrainModelSource(options: o, tokenizerDirectory: m.tokenizer)
+        let byName = Dictionary(uniqueKeysWithValues: source.model.allNamedTensors())
+        for b in m.layout.buckets.indices {
+            let values = try TrainCheckpoint.readBucket(dir, manifest: m, bucket: b, key: "value")
+            for p in m.layout.params where p.bucket == b {
+                guard let t = byName[p.name] else { throw TrainError.file(dir, "the layout names \(p.name), which the model does not have") }
+                guard t.shape == p.shape, t.isContiguous, p.offset + p.count <= values.count else {
+                    throw TrainError.file(dir, "\(p.name): the layout gives \(p.shape) at \(p.offset)..<\(p.offset + p.count) of bucket \(b); the model has \(t.shape)")
+                }
+                values.withUnsafeBufferPointer { t.ptr.update(from: $0.baseAddress! + p.offset, count: p.count) }
+            }
+        }
+        return (source.model, source.tokenizerDirectory, m.step, dir)
+    }
+}

@@ -4,6 +4,7 @@ import PixelData
 import PixelModel
 import PixelTensor
 import PixelText
+import PixelTrain
 
 /// `pixellm chat`: greedy (or sampled) generation with the KV cache; the answer with its targets numbered,
 /// one mask PNG per target and an overlay; interactive without --prompt.
@@ -72,34 +73,8 @@ struct Chat: ParsableCommand {
               + (r.stoppedAtEOS ? " (EOS)" : " (token limit)"))
     }
 
-    /// The answer text with every complete SEG group replaced by "[k]" (k from 1) and EOS dropped; ids the
-    /// tokenizer does not know (benchmark weights) are shown as <id N>.
+    /// The answer with its SEG groups numbered (shared with `pixellm eval`).
     static func numberedAnswer(_ tokens: [Int], tokenizer: Tokenizer, segIds: [Int], eos: Int) -> String {
-        let seg = Set(segIds), group = segIds.count
-        var out = "", run: [Int] = [], segRun = 0, k = 0
-        func flushText() {
-            guard !run.isEmpty else { return }
-            var known: [Int] = []
-            for id in run {
-                if id >= 0 && id < tokenizer.vocabSize { known.append(id); continue }
-                if !known.isEmpty { out += tokenizer.decode(known, skipSpecial: true); known = [] }
-                out += "<id \(id)>"
-            }
-            if !known.isEmpty { out += tokenizer.decode(known, skipSpecial: true) }
-            run = []
-        }
-        for t in tokens where t != eos {
-            if seg.contains(t) {
-                flushText()
-                segRun += 1
-                if segRun % group == 0 { k += 1; out += " [\(k)]" }
-            } else {
-                if segRun % group != 0 { out += " [incomplete SEG group]" }
-                segRun = 0
-                run.append(t)
-            }
-        }
-        flushText()
-        return out.trimmingCharacters(in: .whitespaces)
+        Evaluator.numberedAnswer(tokens, tokenizer: tokenizer, segIds: segIds, eos: eos)
     }
 }
