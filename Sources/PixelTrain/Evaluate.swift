@@ -327,6 +327,20 @@ public enum EvalText {
         return t.trimmingCharacters(in: .whitespaces)
     }
 
+    /// What names each target of a question: with a reference answer, the words before its `{seg}` after the last
+    /// article ("The shape left of the black square is the large orange pentagon {seg}" -> "large orange pentagon";
+    /// "The black square {seg}" -> "black square"); without one, the target's name.
+    public static func mentions(_ q: EvalQuestion) -> [String] {
+        guard let ref = q.referenceAnswer else { return q.targets.map(\.name) }
+        let parts = ref.components(separatedBy: "{seg}")
+        guard parts.count - 1 == q.targets.count else { return q.targets.map(\.name) }
+        return parts.dropLast().map { part in
+            let words = normalise(part).split(whereSeparator: { $0 == " " || ".,?!;:".contains($0) }).map(String.init)
+            let last = words.lastIndex { ["the", "a", "an"].contains($0) }
+            return (last.map { Array(words[($0 + 1)...]) } ?? words).joined(separator: " ")
+        }
+    }
+
     /// Whether `answer` names `target`: the target's words appear, in order and contiguous, among the answer's words
     /// (both normalised, punctuation dropped).
     public static func names(_ answer: String, _ target: String) -> Bool {
@@ -372,13 +386,15 @@ public final class Evaluator {
     public let comm: any Communicator
     public let options: EvalOptions
 
-    public init(model: PixelLMForCausalLM, tokenizer: Tokenizer, comm: any Communicator, options: EvalOptions = EvalOptions()) throws {
+    /// `tokenizerName` (its directory) names the tokenizer in errors.
+    public init(model: PixelLMForCausalLM, tokenizer: Tokenizer, tokenizerName: String = "tokenizer", comm: any Communicator,
+                options: EvalOptions = EvalOptions()) throws {
         let per = model.config.segTokenNum * model.config.imageFeatureScaleNum
         do { try tokenizer.requirePixelLMTokens(segTokenCount: per) } catch {
-            throw EvalError.model("tokenizer", "\(error)")
+            throw EvalError.model(tokenizerName, "\(error)")
         }
         guard tokenizer.segIds == model.segTokenIds else {
-            throw EvalError.model("tokenizer", "its SEG ids \(tokenizer.segIds) differ from the model's \(model.segTokenIds)")
+            throw EvalError.model(tokenizerName, "its SEG ids \(tokenizer.segIds) differ from the model's \(model.segTokenIds)")
         }
         self.model = model
         self.tokenizer = tokenizer
@@ -449,7 +465,9 @@ public final class Evaluator {
                 let d = "\(dir)/\(String(split))/" + String(format: "image%05d-q%02d", index, qi)
                 let H = item.height, W = item.width
                 let logits = p.logits.isEmpty ? nil : Tensor(p.logits.flatMap { $0 }, shape: [p.logits.count, H, W])
-                let labels = source.dataset.generates ? (0..<p.logits.count).map { "[\($0 + 1)]" } : item.questions[qi].targets.map(\.name)
+                // a generated mask is labelled with the target it was matched to
+                var labels = [String](repeating: "unmatched", count: p.logits.count)
+                for pair in records[qi].pairs { if let pi = pair.pred, let g = pair.gt { labels[pi] = item.questions[qi].targets[g].name } }
                 _ = try MaskOverlay.write(image: rgb, logits: logits, labels: labels, to: d)
                 let q = item.questions[qi]
                 let gt = MaskOverlay.render(image: rgb, masks: q.targets.map { $0.mask.decode().grayImage }, labels: q.targets.map(\.name))
@@ -551,7 +569,7 @@ public final class Evaluator {
                                               answer: p.answer, referenceAnswer: q.referenceAnswer, targets: q.targets.map(\.name),
                                               predicted: P, groundTruth: q.targets.count, pairs: pairs, tokenLimit: p.tokenLimit,
                                               badSegCount: p.badSegCount, exactMatch: exact,
-                                              named: generates ? q.targets.map { EvalText.names(p.answer, $0.name) } : []))
+                                              named: generates ? EvalText.mentions(q).map { EvalText.names(p.answer, $0) } : []))
         }
         return records
     }

@@ -95,6 +95,17 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
 
 public enum TrainCheckpoint {
     public static let latestName = "latest"
+    /// The run directory's pointer to its best checkpoint by evaluation gIoU (with `best.json`: step, split, figures).
+    public static let bestName = "best"
+
+    /// Points RUN/best at `checkpoint` and records its figures in RUN/best.json (rank 0; atomic writes).
+    public static func markBest(run: String, checkpoint: String, step: Int, dataset: String, gIoU: Double, cIoU: Double) throws {
+        let rel = "checkpoints/" + (checkpoint as NSString).lastPathComponent
+        let info: [String: Any] = ["step": step, "checkpoint": rel, "dataset": dataset, "gIoU": gIoU, "cIoU": cIoU]
+        try AtomicFile.write(Array(try JSONSerialization.data(withJSONObject: info, options: [.sortedKeys, .prettyPrinted])),
+                             to: (run as NSString).appendingPathComponent(bestName + ".json"), error: { TrainError.file($0, $1) })
+        try AtomicFile.write(Array((rel + "\n").utf8), to: (run as NSString).appendingPathComponent(bestName), error: { TrainError.file($0, $1) })
+    }
 
     public static func fileCRC(_ path: String) throws -> UInt32 {
         guard let fh = FileHandle(forReadingAtPath: path) else { throw TrainError.file(path, "cannot be opened") }
@@ -112,7 +123,12 @@ public enum TrainCheckpoint {
     public static func resolve(_ path: String) throws -> String {
         let fm = FileManager.default
         if fm.fileExists(atPath: (path as NSString).appendingPathComponent(TrainCheckpointManifest.manifestName)) { return path }
-        let latest = (path as NSString).appendingPathComponent(latestName)
+        // a pointer file itself (RUN/latest, RUN/best): resolved against its run directory
+        var isDir: ObjCBool = false
+        let pointer = fm.fileExists(atPath: path, isDirectory: &isDir) && !isDir.boolValue
+            && [latestName, bestName].contains((path as NSString).lastPathComponent)
+        let run = pointer ? (path as NSString).deletingLastPathComponent : path
+        let latest = pointer ? path : (path as NSString).appendingPathComponent(latestName)
         guard let data = fm.contents(atPath: latest), let rel = String(data: data, encoding: .utf8)?
             .trimmingCharacters(in: .whitespacesAndNewlines), !rel.isEmpty else {
             throw TrainError.file(path, "neither a checkpoint (no \(TrainCheckpointManifest.manifestName)) nor a run directory with a '\(latestName)' file")
@@ -120,7 +136,7 @@ public enum TrainCheckpoint {
         guard !rel.hasPrefix("/"), !rel.split(separator: "/").contains("..") else {
             throw TrainError.file(latest, "'\(rel)' leaves the run directory")
         }
-        return (path as NSString).appendingPathComponent(rel)
+        return (run as NSString).appendingPathComponent(rel)
     }
 
     /// Writes this rank's file and (rank 0) the manifest and `latest`. Collective: every rank calls it.
@@ -181,16 +197,17 @@ public enum TrainCheckpoint {
         return dir
     }
 
-    /// Removes the oldest complete checkpoints beyond `keep` (never the one `latest` names).
+    /// Removes the oldest complete checkpoints beyond `keep` (never the ones `latest` and `best` name).
     static func prune(run: String, keep: Int) throws {
         let root = (run as NSString).appendingPathComponent("checkpoints")
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step-") }.sorted()
         let latest = (try? resolve(run)).map { ($0 as NSString).lastPathComponent }
+        let best = (try? resolve((run as NSString).appendingPathComponent(bestName))).map { ($0 as NSString).lastPathComponent }
         let complete = names.filter {
             FileManager.default.fileExists(atPath: (root as NSString).appendingPathComponent($0 + "/" + TrainCheckpointManifest.manifestName))
         }
         guard complete.count > keep else { return }
-        for n in complete.prefix(complete.count - keep) where n != latest {
+        for n in complete.prefix(complete.count - keep) where n != latest && n != best {
             try? FileManager.default.removeItem(atPath: (root as NSString).appendingPathComponent(n))
         }
     }

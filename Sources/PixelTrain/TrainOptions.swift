@@ -53,6 +53,16 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// Prepared shards of a validation split: its loss is logged every `evalSteps` and at the end.
     public var valDatasetDir: String?
     public var evalSteps: Int?
+    /// Splits to evaluate (gIoU / cIoU, `pixellm eval`'s names, '||'-separated) every `evalSteps` and at the end; the
+    /// best checkpoint by the first split's gIoU is kept as RUN/best.
+    public var valDataset: String?
+    /// The dataset tree the splits are read from (default: the --dataset-dir tree, or the tree the shards were
+    /// prepared from).
+    public var evalDatasetDir: String?
+    /// New tokens at most per generated answer during training's evaluation (default 512, the reference's).
+    public var evalMaxNewTokens: Int?
+    /// Evaluate only the first N images of each split (default: all).
+    public var evalMaxImages: Int?
 
     public init() {}
 
@@ -67,6 +77,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case saveTotalLimit = "save_total_limit", maxSteps = "max_steps", trainable, modelMaxLength = "model_max_length"
         case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargetModules = "lora_target_modules"
         case bucketMiB = "bucket_mib", valDatasetDir = "val_dataset_dir", evalSteps = "eval_steps"
+        case valDataset = "val_dataset", evalDatasetDir = "eval_dataset_dir", evalMaxNewTokens = "eval_max_new_tokens"
+        case evalMaxImages = "eval_max_images"
     }
 
     /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.
@@ -81,7 +93,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         for (k, v) in obj where !k.hasPrefix("_") {
             guard known.contains(k) else { throw TrainError.file(path, "unknown key '\(k)' (known: \(known.sorted().joined(separator: ", ")))") }
             // a relative path in a recipe is relative to the recipe's directory when it exists there
-            if ["config", "version", "vision_tower", "dataset_dir", "val_dataset_dir"].contains(k), let p = v as? String, !p.hasPrefix("/") {
+            if ["config", "version", "vision_tower", "dataset_dir", "val_dataset_dir", "eval_dataset_dir"].contains(k), let p = v as? String, !p.hasPrefix("/") {
                 let rel = ((here as NSString).appendingPathComponent(p) as NSString).standardizingPath
                 base[k] = FileManager.default.fileExists(atPath: rel) ? rel : p
             } else {
@@ -128,6 +140,11 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         for (n, w) in [("ce-loss-weight", ceLossWeight), ("bce-loss-weight", bceLossWeight), ("dice-loss-weight", diceLossWeight)]
             where w < 0 || !w.isFinite { try fail(n, "\(w) must be >= 0") }
         if ![0, 1, 2].contains(zeroStage) { try fail("zero-stage", "\(zeroStage) is not 0, 1 or 2") }
+        if let v = valDataset {
+            do { _ = try EvalDataset.parse(v) } catch { try fail("val-dataset", "\(error)") }
+        }
+        if let n = evalMaxNewTokens, n < 1 { try fail("eval-max-new-tokens", "\(n) must be >= 1") }
+        if let n = evalMaxImages, n < 1 { try fail("eval-max-images", "\(n) must be >= 1") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }
         if let l = saveTotalLimit, l < 1 { try fail("save-total-limit", "\(l) must be >= 1") }
         if segTokenNum < 1 { try fail("seg-token-num", "\(segTokenNum) must be >= 1") }

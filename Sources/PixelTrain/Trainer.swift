@@ -3,6 +3,7 @@ import PixelData
 import PixelDistributed
 import PixelModel
 import PixelTensor
+import PixelText
 
 /// One training run on one rank (`pixellm train`; docs/training.md).
 ///
@@ -23,6 +24,12 @@ public final class Trainer {
     public let datasetChecksum: String
     /// The validation split (--val-dataset-dir).
     public let validation: ShardBatches?
+    /// The evaluation splits (--val-dataset) and their evaluator.
+    public private(set) var evalSources: [EvalSource] = []
+    var evaluator: Evaluator?
+    /// The best first-split gIoU so far (RUN/best.json; -1: none) and the step of the last checkpoint written.
+    public private(set) var bestGIoU = -1.0
+    var lastSavedStep = -1
     public private(set) var step = 0
     public private(set) var consumedSamples = 0
     public private(set) var skippedUpdates = 0
@@ -78,6 +85,75 @@ public final class Trainer {
                                           segTokenIds: source.model.segTokenIds, modelMaxLength: options.modelMaxLength)
         } else {
             validation = nil
+        }
+        if let names = options.valDataset {
+            let tree: String
+            if let t = options.evalDatasetDir { tree = t } else if AutoPrepare.isDatasetTree(options.datasetDir) {
+                tree = options.datasetDir
+            } else {
+                tree = try ShardManifest.load(options.datasetDir).options.datasetDir
+            }
+            let config = source.model.config
+            evalSources = try EvalDataset.parse(names).map {
+                try EvalSource($0, datasetDir: tree, segTokenNum: config.segTokenNum, scales: config.imageFeatureScaleNum, seed: options.seed)
+            }
+            var eo = EvalOptions()
+            eo.maxNewTokens = options.evalMaxNewTokens ?? 512
+            eo.limit = options.evalMaxImages
+            eo.seed = options.seed
+            let tok: Tokenizer
+            do { tok = try Tokenizer(directory: source.tokenizerDirectory) } catch { throw TrainError.file(source.tokenizerDirectory, "tokenizer: \(error)") }
+            evaluator = try Evaluator(model: source.model, tokenizer: tok, tokenizerName: source.tokenizerDirectory, comm: comm, options: eo)
+            // the best so far (a resumed run keeps it); rank 0's view, so every rank decides alike
+            var best = -1.0
+            if comm.rank == 0, let d = FileManager.default.contents(atPath: (options.runDirectory as NSString).appendingPathComponent(TrainCheckpoint.bestName + ".json")),
+               let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any], let g = o["gIoU"] as? Double {
+                best = g
+            }
+            bestGIoU = comm.broadcast(best)
+        }
+    }
+
+    /// Evaluates the --val-dataset splits (collective), logs their figures, and returns the first split's report.
+    public func evaluate(metricsPath: String?) throws -> [EvalReport] {
+        guard let evaluator else { return [] }
+        source.model.setLoRADropout(seeds: nil)
+        var reports: [EvalReport] = []
+        for src in evalSources {
+            let r = try evaluator.run(src)
+            reports.append(r)
+            guard comm.rank == 0 else { continue }
+            var line: [String: Any] = ["step": step, "eval_dataset": r.dataset, "gIoU": r.overall.gIoU, "cIoU": r.overall.cIoU,
+                                       "eval_images": r.overall.images, "eval_questions": r.overall.questions, "eval_seconds": r.seconds]
+            if let g = r.overall.gIoUClean { line["gIoU_clean"] = g }
+            if let c = r.overall.cIoUClean { line["cIoU_clean"] = c }
+            if let x = r.overall.exactMatch { line["exact_match"] = x }
+            if let x = r.overall.targetsNamed { line["targets_named"] = x }
+            for (k, f) in r.byKind { line["gIoU_\(k)"] = f.gIoU }
+            if let metricsPath { try appendLine(line, to: metricsPath) }
+            if !quiet {
+                var text = String(format: "eval at step %d: %@ gIoU %.4f cIoU %.4f", step, r.dataset, r.overall.gIoU, r.overall.cIoU)
+                if let g = r.overall.gIoUClean, let c = r.overall.cIoUClean { text += String(format: " (clean %.4f / %.4f)", g, c) }
+                if let x = r.overall.exactMatch { text += String(format: ", exact answers %.3f", x) }
+                if let x = r.overall.targetsNamed { text += String(format: ", targets named %.3f", x) }
+                text += String(format: " (%d images, %.1f s)", r.overall.images, r.seconds)
+                print(text)
+                for (k, f) in r.byKind.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-12@ gIoU %.4f cIoU %.4f (%d questions)", k, f.gIoU, f.cIoU, f.questions)) }
+            }
+        }
+        return reports
+    }
+
+    /// After an evaluation: a first-split gIoU above the best so far makes this step's checkpoint RUN/best
+    /// (written now if the step has none yet; collective).
+    func keepBest(_ reports: [EvalReport]) throws {
+        guard let g = reports.first?.overall.gIoU, g > bestGIoU else { return }
+        let dir = lastSavedStep == step ? (try TrainCheckpoint.resolve(runDirectory)) : try save()
+        bestGIoU = g
+        if comm.rank == 0 {
+            try TrainCheckpoint.markBest(run: runDirectory, checkpoint: dir, step: step, dataset: reports[0].dataset, gIoU: g,
+                                         cIoU: reports[0].overall.cIoU)
+            if !quiet { print(String(format: "best: step %d (gIoU %.4f) -> %@", step, g, (runDirectory as NSString).appendingPathComponent(TrainCheckpoint.bestName))) }
         }
     }
 
@@ -316,7 +392,9 @@ public final class Trainer {
                                         config: source.model.config, datasetChecksum: datasetChecksum,
                                         segTokenIds: source.model.segTokenIds, tokenizer: source.tokenizerDirectory,
                                         created: ISO8601DateFormatter().string(from: Date()))
-        return try TrainCheckpoint.save(run: runDirectory, optimizer: optimizer, manifest: m, keep: options.saveTotalLimit)
+        let dir = try TrainCheckpoint.save(run: runDirectory, optimizer: optimizer, manifest: m, keep: options.saveTotalLimit)
+        lastSavedStep = step
+        return dir
     }
 
     /// Trains until the last step (or a clean stop), logging on rank 0 and saving every save_steps and at the end.
@@ -335,11 +413,15 @@ public final class Trainer {
             let m = try trainStep()
             samplesDone += m.samples
             if comm.rank == 0 { try log(m, to: metricsPath, total: total, elapsed: Date().timeIntervalSince(runStart), samples: samplesDone) }
-            if let e = options.evalSteps, step % e == 0, step < total { try logValidation(metricsPath) }
-            if step % options.saveSteps == 0 && step < total { try save() }
+            if let e = options.evalSteps, step % e == 0, step < total {
+                try logValidation(metricsPath)
+                try keepBest(try evaluate(metricsPath: comm.rank == 0 ? metricsPath : nil))
+            }
+            if step % options.saveSteps == 0 && step < total && lastSavedStep != step { try save() }
         }
         try logValidation(metricsPath)
-        let path = try save()
+        let path = lastSavedStep == step ? try TrainCheckpoint.resolve(runDirectory) : try save()
+        try keepBest(try evaluate(metricsPath: comm.rank == 0 ? metricsPath : nil))
         if comm.rank == 0 {
             do { try LossPlot.write(run: runDirectory) } catch { if !quiet { print("note: no loss curve: \(error)") } }
         }

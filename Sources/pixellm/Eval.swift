@@ -34,14 +34,15 @@ struct Eval: ParsableCommand {
     }
 
     /// The model and tokenizer: a training checkpoint / run directory, else what ModelOptions loads.
-    func loadModel() throws -> (Tokenizer, PixelLMForCausalLM, String) {
+    func loadModel() throws -> (Tokenizer, PixelLMForCausalLM, String, String) {
         if let path = modelOptions.model, (try? TrainCheckpoint.resolve(path)) != nil {
             let (model, tokDir, step, dir) = try Consolidate.loadModel(checkpoint: path)
-            let tok = try Tokenizer(directory: modelOptions.tokenizer ?? tokDir)
-            return (tok, model, "training checkpoint \(dir) (step \(step))")
+            let name = modelOptions.tokenizer ?? tokDir
+            let tok = try Tokenizer(directory: name)
+            return (tok, model, "training checkpoint \(dir) (step \(step))", name)
         }
         let (tok, model, what) = try modelOptions.load()
-        return (tok, model, what.joined(separator: "; "))
+        return (tok, model, what.joined(separator: "; "), modelOptions.tokenizer ?? modelOptions.model ?? "tokenizer")
     }
 
     func run() throws {
@@ -53,7 +54,7 @@ struct Eval: ParsableCommand {
         }
         do {
             let datasets = try EvalDataset.parse(valDataset)
-            let (tok, model, what) = try loadModel()
+            let (tok, model, what, tokName) = try loadModel()
             var o = EvalOptions()
             o.maxNewTokens = maxNewTokens
             o.points = points
@@ -61,7 +62,7 @@ struct Eval: ParsableCommand {
             o.saveMasks = saveMasks
             o.saveMasksCount = saveMasksCount
             o.limit = limit
-            let evaluator = try Evaluator(model: model, tokenizer: tok, comm: comm, options: o)
+            let evaluator = try Evaluator(model: model, tokenizer: tok, tokenizerName: tokName, comm: comm, options: o)
             if comm.rank == 0 && !quiet { print("eval: \(what); \(comm.size) rank(s)") }
             var reports: [EvalReport] = []
             for d in datasets {

@@ -53,7 +53,11 @@ struct Train: ParsableCommand {
     @Option(name: both("lora-target-modules"), help: "Default q_proj,v_proj.") var loraTargetModules: String?
     @Option(name: both("bucket-mib"), help: "Gradient bucket size in MiB (default 4; fractions allowed).") var bucketMiB: Double?
     @Option(name: both("val-dataset-dir"), help: "Prepared shards of a validation split: its loss is logged every --eval-steps and at the end.") var valDatasetDir: String?
-    @Option(name: both("eval-steps"), help: "Validation every K steps (default: only at the end).") var evalSteps: Int?
+    @Option(name: both("eval-steps"), help: "Validation (loss, and --val-dataset's gIoU / cIoU) every K steps (default: only at the end).") var evalSteps: Int?
+    @Option(name: both("val-dataset"), help: "Evaluate these splits (pixellm eval's names, e.g. MultiReasonSeg|val) every --eval-steps and at the end; the best checkpoint by the first split's gIoU becomes RUN/best.") var valDataset: String?
+    @Option(name: both("eval-dataset-dir"), help: "The dataset tree --val-dataset reads (default: the --dataset-dir tree, or the tree the shards were prepared from).") var evalDatasetDir: String?
+    @Option(name: both("eval-max-new-tokens"), help: "New tokens at most per generated answer in training's evaluation (default 512).") var evalMaxNewTokens: Int?
+    @Option(name: both("eval-max-images"), help: "Evaluate only the first N images of each split (default: all).") var evalMaxImages: Int?
     @Option(name: both("resume"), help: "auto (the run directory's latest, if any), never, or a checkpoint / run directory.") var resume = "auto"
     @Option(name: both("stop-at-step"), help: "Stop cleanly (with a checkpoint) at this step; the schedule is unchanged.") var stopAtStep: Int?
     @Option(name: both("time-budget"), help: "Stop cleanly (with a checkpoint) after this wall time: 90s, 10m, 2h.") var timeBudget: String?
@@ -79,6 +83,8 @@ struct Train: ParsableCommand {
         set(saveSteps, \.saveSteps); setOpt(saveTotalLimit, \.saveTotalLimit); setOpt(maxSteps, \.maxSteps)
         set(modelMaxLength, \.modelMaxLength); set(bucketMiB, \.bucketMiB)
         setOpt(valDatasetDir, \.valDatasetDir); setOpt(evalSteps, \.evalSteps)
+        setOpt(valDataset, \.valDataset); setOpt(evalDatasetDir, \.evalDatasetDir)
+        setOpt(evalMaxNewTokens, \.evalMaxNewTokens); setOpt(evalMaxImages, \.evalMaxImages)
         set(loraAlpha, \.loraAlpha); set(loraDropout, \.loraDropout); set(loraTargetModules, \.loraTargetModules)
         if let r = loraR { o.loraR = r } else if recipe == nil { o.loraR = o.version != nil ? 8 : 0 }
         if let t = trainable { o.trainable = t } else if recipe == nil { o.trainable = o.version != nil ? "released" : "all" }

@@ -234,5 +234,15 @@ final class EvaluateTests: XCTestCase {
         XCTAssertFalse(EvalText.names("The large black squares [1].", "large black square"))
         XCTAssertFalse(EvalText.names("The black square [1].", "large black square"))
         XCTAssertFalse(EvalText.names("anything", ""))
+        // the mentions of a reference answer: the words before each {seg} after the last article
+        let t = SampleTarget(mask: RLE(encoding: BinaryMask(height: 1, width: 1)), name: "large orange pentagon", provenance: "")
+        var q = EvalQuestion(question: "", forcedAnswer: nil, referenceAnswer: "The shape left of the black square is the large orange pentagon {seg}.",
+                             targets: [t], kind: nil)
+        XCTAssertEqual(EvalText.mentions(q), ["large orange pentagon"])
+        q.referenceAnswer = "The black square {seg} and the red circle {seg}."
+        q.targets = [t, t]
+        XCTAssertEqual(EvalText.mentions(q), ["black square", "red circle"])
+        q.referenceAnswer = nil
+        XCTAssertEqual(EvalText.mentions(q), ["large orange pentagon", "large orange pentagon"])
     }
 }

@@ -319,6 +319,73 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(try Self.losses("tree").count, 2)
     }
 
+    // MARK: evaluation
+
+    /// --val-dataset during training (every 2 steps and at the end, on 2 ranks): the figures in metrics.jsonl, RUN/best
+    /// at the best first-split gIoU; `pixellm eval` on the run directory (no consolidation) gives the training's last
+    /// figures, the same records on 1 and 2 ranks, and the same as on the consolidated model.
+    func testEvaluationDuringTrainingAndEvalAtAnyRankCount() throws {
+        let names = "MultiReasonSeg|val||refcoco|unc|val"
+        try train(try common("ev", steps: 4, bs: 1, ga: 1, extra: ["--val-dataset", names, "--eval-steps", "2", "--eval-max-new-tokens", "6"]), ranks: 2)
+        let run = Self.runDir("ev")
+        let lines = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let evals = lines.filter { $0["eval_dataset"] != nil }
+        XCTAssertEqual(evals.map { $0["step"] as! Int }, [2, 2, 4, 4])
+        XCTAssertEqual(evals.map { $0["eval_dataset"] as! String }, ["MultiReasonSeg|val", "refcoco|unc|val", "MultiReasonSeg|val", "refcoco|unc|val"])
+        XCTAssertNotNil(evals[0]["gIoU_clean"], "MUSE reports the clean reading too")
+        let muse = evals.filter { $0["eval_dataset"] as! String == "MultiReasonSeg|val" }
+        let bestData = try Data(contentsOf: URL(fileURLWithPath: run + "/best.json"))
+        let best = try XCTUnwrap(try JSONSerialization.jsonObject(with: bestData) as? [String: Any])
+        let top = muse.max { ($0["gIoU"] as! Double) < ($1["gIoU"] as! Double) }!
+        XCTAssertEqual(best["gIoU"] as! Double, top["gIoU"] as! Double)
+        let bestDir = try TrainCheckpoint.resolve(run + "/best")
+        XCTAssertEqual(try TrainCheckpointManifest.load(bestDir).step, best["step"] as! Int)
+
+        // pixellm eval on the run directory (its latest = step 4), 1 and 2 ranks, the training's seed
+        let common = ["eval", "--model", run, "--dataset-dir", Self.root + "/data", "--val-dataset", names, "--max-new-tokens", "6",
+                      "--seed", "42", "--quiet"]
+        var r = try Self.pixellm(common + ["--out", Self.root + "/ev1.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try Self.mpi(2, common + ["--out", Self.root + "/ev2.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        func report(_ p: String) throws -> [[String: Any]] {
+            let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: p))) as! [String: Any]
+            return o["datasets"] as! [[String: Any]]
+        }
+        let one = try report(Self.root + "/ev1.json"), two = try report(Self.root + "/ev2.json")
+        XCTAssertEqual(one.count, 2)
+        for (a, b) in zip(one, two) {
+            XCTAssertEqual(a["records"] as! NSArray, b["records"] as! NSArray, "records at 1 and 2 ranks")
+            XCTAssertEqual(a["overall"] as! NSDictionary, b["overall"] as! NSDictionary)
+        }
+        let last = evals.filter { $0["step"] as! Int == 4 }
+        for (a, e) in zip(one, last) {
+            let o = a["overall"] as! [String: Any]
+            XCTAssertEqual(o["gIoU"] as! Double, e["gIoU"] as! Double, accuracy: 1e-12, "\(e["eval_dataset"]!): eval = training's evaluation")
+            XCTAssertEqual(o["cIoU"] as! Double, e["cIoU"] as! Double, accuracy: 1e-12)
+        }
+        // the consolidated model gives the same records
+        r = try Self.pixellm(["consolidate", "--checkpoint", run, "--out", Self.root + "/ev-model"])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try Self.pixellm(["eval", "--model", Self.root + "/ev-model", "--dataset-dir", Self.root + "/data", "--val-dataset", names,
+                              "--max-new-tokens", "6", "--seed", "42", "--quiet", "--out", Self.root + "/ev3.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        for (a, c) in zip(one, try report(Self.root + "/ev3.json")) {
+            XCTAssertEqual(a["overall"] as! NSDictionary, c["overall"] as! NSDictionary, "consolidated = run directory")
+        }
+
+        // bad input: an unknown split lists the known ones; a tokenizer without the SEG tokens is refused by name
+        r = try Self.pixellm(["eval", "--model", run, "--dataset-dir", Self.root + "/data", "--val-dataset", "refcoco|unc|nope"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("unknown evaluation dataset 'refcoco|unc|nope'") && r.err.contains("MultiReasonSeg|val"), r.err)
+        let noSeg = Self.repo + "/Tests/PixelModelTests/Fixtures/ckpt/llava-st"
+        r = try Self.pixellm(["eval", "--model", run, "--tokenizer", noSeg, "--dataset-dir", Self.root + "/data", "--val-dataset", "refcoco|unc|val"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains(noSeg) && r.err.contains("SEG"), r.err)
+    }
+
     // MARK: a LLaVA base
 
     /// --version a LLaVA base (the tiny one of Tests/PixelModelTests/Fixtures/ckpt, with its CLIP) and --config for
