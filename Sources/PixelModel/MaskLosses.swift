@@ -8,6 +8,16 @@ public struct LossOptions: Sendable, Equatable {
     /// The paper's target refinement loss: pixels that two or more of one question's predicted masks
     /// claim get BCE weight `alpha` instead of 1. nil = off (the released code has it commented out).
     public var refinementAlpha: Float? = nil
+    /// pixellm's auxiliary SEG-query separation (not in the reference; nil = off): per image, for every pair of its
+    /// targets whose ground truths differ (IoU < 0.5), relu(cos(q_i, q_j) - margin) of their fused queries (summed;
+    /// `LossTerms.separation`). It pushes the queries of different targets apart, against the collapse of the SEG
+    /// hidden states of a model trained from scratch. The weight is the trainer's.
+    public var separationMargin: Float? = nil
+    /// pixellm's auxiliary SEG-query grounding (not in the reference; nil = off): per image and feature level, each
+    /// supervised target's fused query must pick out its own region among the image's distinct target regions:
+    /// cross-entropy over cos(q_k, r_j) / temperature, r_j the mean of the decoder's image embedding E over target j's
+    /// ground truth (area-weighted on E's grid). Summed over targets and levels (`LossTerms.grounding`).
+    public var groundingTemperature: Float? = nil
     public init() {}
 }
 
@@ -26,6 +36,89 @@ public struct LossTerms {
     public var total: Tensor
     /// Masks in the micro-batch.
     public var maskCount: Int
+    /// The query separation sum (zero when off) and the target pairs it covers.
+    public var separation: Tensor = Tensor(scalar: 0)
+    public var separationPairs = 0
+    /// The query grounding sum (zero when off) and the (target, level) terms in it.
+    public var grounding: Tensor = Tensor(scalar: 0)
+    public var groundingTerms = 0
+}
+
+/// pixellm's auxiliary SEG-query separation (LossOptions.separationMargin).
+public enum QuerySeparation {
+    /// Pairs (i < j) of targets whose ground-truth masks differ: IoU < 0.5. `masks`: K masks of one image, equal sizes.
+    public static func differingPairs(_ masks: [[Float]]) -> [(Int, Int)] {
+        var out: [(Int, Int)] = []
+        for i in masks.indices {
+            for j in (i + 1)..<masks.count {
+                var inter = 0, union = 0
+                for (a, b) in zip(masks[i], masks[j]) {
+                    let x = a > 0.5, y = b > 0.5
+                    if x && y { inter += 1 }
+                    if x || y { union += 1 }
+                }
+                if union == 0 || Double(inter) < 0.5 * Double(union) { out.append((i, j)) }
+            }
+        }
+        return out
+    }
+
+    /// sum over `pairs` of relu(cos(q_i, q_j) - margin), q the flattened queries [K, L, C] -> [K, L*C].
+    public static func loss(queries: Tensor, pairs: [(Int, Int)], margin: Float) -> Tensor {
+        let K = queries.dim(0)
+        guard !pairs.isEmpty, K > 1 else { return Tensor(scalar: 0) }
+        let q = queries.reshape([K, queries.count / K])
+        let norm = (q.square().sum(axes: [1], keepDims: true) + Tensor(scalar: 1e-8)).sqrt()
+        let n = q / norm
+        let cos = n.matmul(n.transpose(0, 1))
+        let w = Tensor.zeros([K, K])
+        for (i, j) in pairs { w[i, j] = 1 }
+        return ((cos - margin).relu() * w).sum()
+    }
+}
+
+/// pixellm's auxiliary SEG-query grounding (LossOptions.groundingTemperature).
+public enum QueryGrounding {
+    /// A ground-truth mask [H, W] (original size, row-major, > 0.5 = target) as area fractions on the g x g grid of the
+    /// S x S model input, where the image occupies the top-left `valid` (h', w') after the longest-side resize.
+    public static func gridWeights(_ mask: [Float], height H: Int, width W: Int, valid: (height: Int, width: Int), input S: Int,
+                                   grid g: Int) -> [Float] {
+        var w = [Float](repeating: 0, count: g * g), area = [Float](repeating: 0, count: g * g)
+        let sy = Double(valid.height) / Double(H) * Double(g) / Double(S), sx = Double(valid.width) / Double(W) * Double(g) / Double(S)
+        for y in 0..<H {
+            let i = min(g - 1, Int((Double(y) + 0.5) * sy))
+            for x in 0..<W {
+                let j = min(g - 1, Int((Double(x) + 0.5) * sx))
+                area[i * g + j] += 1
+                if mask[y * W + x] > 0.5 { w[i * g + j] += 1 }
+            }
+        }
+        for k in 0..<(g * g) where area[k] > 0 { w[k] /= area[k] }
+        return w
+    }
+
+    /// sum over targets k (rows of `queries` [K, L, C]) and levels l of -log softmax_j(cos(q_kl, r_jl) / t)[group(k)],
+    /// r_jl = sum_p E[l, :, p] w_j(p) / sum_p w_j(p) for the distinct regions j (`regions` [J, g*g] grid weights, each
+    /// with a positive sum; `group[k]` the region of target k). E: [L, C, g, g].
+    public static func loss(queries: Tensor, embeddings E: Tensor, regions: [[Float]], group: [Int], temperature t: Float) -> Tensor {
+        let K = queries.dim(0), L = queries.dim(1), C = queries.dim(2), J = regions.count
+        let G = E.dim(2) * E.dim(3)
+        guard K > 0, J > 1 else { return Tensor(scalar: 0) }
+        var wv: [Float] = []
+        for r in regions { let s = r.reduce(0, +); wv += r.map { $0 / s } }
+        let w = Tensor(wv, shape: [J, G])
+        var total: Tensor? = nil
+        func unit(_ x: Tensor) -> Tensor { x / (x.square().sum(axes: [1], keepDims: true) + Tensor(scalar: 1e-8)).sqrt() }
+        for l in 0..<L {
+            let feats = E.slice(axis: 0, l, l + 1).reshape([C, G])                      // [C, G]
+            let r = unit(w.matmul(feats.transpose(0, 1)))                               // [J, C]
+            let q = unit(queries.slice(axis: 1, l, l + 1).reshape([K, C]))              // [K, C]
+            let logits = q.matmul(r.transpose(0, 1)) * (1 / t)                          // [K, J]
+            let ce = crossEntropy(logits, targets: group, ignoreIndex: -100) * Float(K)  // mean -> sum
+            total = total.map { $0 + ce } ?? ce
+        }
+        return total!
+    }
 }
 
 /// One question's masks: predicted logits and targets, [K, H, W] at the image's original resolution.

@@ -320,6 +320,7 @@ public final class PixelLMForCausalLM: Module {
         let outDeep = outMMProjector(vision.deep)                                              // [B, g*g, H]
         let outMid = L > 1 ? outMMProjector(vision.mid) : nil
         var embeddings: [Tensor?] = Array(repeating: nil, count: B)
+        var separation: Tensor? = nil, separationPairs = 0, grounding: Tensor? = nil, groundingTerms = 0
         for b in 0..<B {
             let members = convOut.indices.filter { batch.conversations[$0].imageIndex == b && convOut[$0].queries != nil }
             if members.isEmpty { continue }
@@ -328,7 +329,61 @@ public final class PixelLMForCausalLM: Module {
             let E = decoderSide.imageEmbeddings(levels.count == 1 ? levels[0] : concat(levels, axis: 0))
             embeddings[b] = E
             let qs = members.map { convOut[$0].queries! }
-            let decoded = decoderSide.decode(embeddings: E, queries: qs.count == 1 ? qs[0] : concat(qs, axis: 0))
+            let allQueries = qs.count == 1 ? qs[0] : concat(qs, axis: 0)
+            if let temperature = options.groundingTemperature {
+                // each supervised target's query against the image's distinct target regions on E's grid
+                var rows: [Int] = [], regions: [[Float]] = [], group: [Int] = [], masks: [[Float]] = []
+                var k0 = 0
+                let (H, W) = batch.originalSizes[b], g = E.dim(2)
+                for m in members {
+                    let k = convOut[m].predictedCount
+                    if convOut[m].inMaskLoss, let t = batch.conversations[m].targetMasks {
+                        let per = t.count / max(t.dim(0), 1), data = t.contiguousData().toArray()
+                        for i in 0..<k {
+                            let mask = Array(data[(i * per)..<((i + 1) * per)])
+                            let weights = QueryGrounding.gridWeights(mask, height: H, width: W, valid: batch.validSizes[b],
+                                                                     input: config.resizeVisionTowerSize, grid: g)
+                            guard weights.reduce(0, +) > 0 else { continue }
+                            // a region equal (IoU >= 0.5) to one seen before is the same candidate
+                            let same = masks.indices.first { QuerySeparation.differingPairs([masks[$0], mask]).isEmpty }
+                            if let j = same { group.append(group[j]) } else {
+                                group.append(regions.count)
+                                regions.append(weights)
+                            }
+                            masks.append(mask)
+                            rows.append(k0 + i)
+                        }
+                    }
+                    k0 += k
+                }
+                if regions.count > 1 {
+                    let picked = concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+                    let l = QueryGrounding.loss(queries: picked, embeddings: E, regions: regions, group: group, temperature: temperature)
+                    grounding = grounding.map { $0 + l } ?? l
+                    groundingTerms += rows.count * allQueries.dim(1)
+                }
+            }
+            if let margin = options.separationMargin {
+                // the queries of this image's supervised targets (masks matching their ground truth)
+                var rows: [Int] = [], gts: [[Float]] = []
+                var k0 = 0
+                for m in members {
+                    let k = convOut[m].predictedCount
+                    if convOut[m].inMaskLoss, let t = batch.conversations[m].targetMasks {
+                        let per = t.count / max(t.dim(0), 1), data = t.contiguousData().toArray()
+                        for i in 0..<k { rows.append(k0 + i); gts.append(Array(data[(i * per)..<((i + 1) * per)])) }
+                    }
+                    k0 += k
+                }
+                let pairs = QuerySeparation.differingPairs(gts)
+                if !pairs.isEmpty {
+                    let picked = rows.count == allQueries.dim(0) ? allQueries : concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+                    let l = QuerySeparation.loss(queries: picked, pairs: pairs, margin: margin)
+                    separation = separation.map { $0 + l } ?? l
+                    separationPairs += pairs.count
+                }
+            }
+            let decoded = decoderSide.decode(embeddings: E, queries: allQueries)
             let post = postprocessMasks(decoded.lowRes, inputSize: batch.validSizes[b], originalSize: batch.originalSizes[b])
             var k0 = 0
             for m in members {
@@ -349,7 +404,15 @@ public final class PixelLMForCausalLM: Module {
                 excluded += o.targetCount
             }
         }
-        let losses = MaskLosses.total(ce: ce, questions: questions, options: options)
+        var losses = MaskLosses.total(ce: ce, questions: questions, options: options)
+        if let separation {
+            losses.separation = separation
+            losses.separationPairs = separationPairs
+        }
+        if let grounding {
+            losses.grounding = grounding
+            losses.groundingTerms = groundingTerms
+        }
         return PixelLMOutput(logits: logits, hidden: hidden, attentionMask: attentionMask, labels: expandedLabels,
                              vision: vision, imageTokens: imageTokens, imageEmbeddings: embeddings,
                              conversations: convOut, losses: losses, excludedTargets: excluded)

@@ -63,6 +63,14 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var evalMaxNewTokens: Int?
     /// Evaluate only the first N images of each split (default: all).
     public var evalMaxImages: Int?
+    /// pixellm's auxiliary SEG-query separation (not in the reference; nil / 0: off): weight and margin of
+    /// sum over an image's differing target pairs of relu(cos(q_i, q_j) - margin), normalised like the mask losses.
+    public var querySeparationWeight: Float?
+    public var querySeparationMargin: Float?
+    /// pixellm's auxiliary SEG-query grounding (not in the reference; nil / 0: off): weight and temperature of the
+    /// cross-entropy that makes each target's query pick out its own region among the image's target regions.
+    public var queryGroundingWeight: Float?
+    public var queryGroundingTemperature: Float?
 
     public init() {}
 
@@ -78,7 +86,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case loraR = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargetModules = "lora_target_modules"
         case bucketMiB = "bucket_mib", valDatasetDir = "val_dataset_dir", evalSteps = "eval_steps"
         case valDataset = "val_dataset", evalDatasetDir = "eval_dataset_dir", evalMaxNewTokens = "eval_max_new_tokens"
-        case evalMaxImages = "eval_max_images"
+        case evalMaxImages = "eval_max_images", querySeparationWeight = "query_separation_weight"
+        case querySeparationMargin = "query_separation_margin", queryGroundingWeight = "query_grounding_weight"
+        case queryGroundingTemperature = "query_grounding_temperature"
     }
 
     /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.
@@ -145,6 +155,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         }
         if let n = evalMaxNewTokens, n < 1 { try fail("eval-max-new-tokens", "\(n) must be >= 1") }
         if let n = evalMaxImages, n < 1 { try fail("eval-max-images", "\(n) must be >= 1") }
+        if let w = querySeparationWeight, w < 0 || !w.isFinite { try fail("query-separation-weight", "\(w) must be >= 0") }
+        if let m = querySeparationMargin, !(m >= -1 && m < 1) { try fail("query-separation-margin", "\(m) must be in [-1, 1)") }
+        if let w = queryGroundingWeight, w < 0 || !w.isFinite { try fail("query-grounding-weight", "\(w) must be >= 0") }
+        if let t = queryGroundingTemperature, !(t > 0) || !t.isFinite { try fail("query-grounding-temperature", "\(t) must be > 0") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }
         if let l = saveTotalLimit, l < 1 { try fail("save-total-limit", "\(l) must be >= 1") }
         if segTokenNum < 1 { try fail("seg-token-num", "\(segTokenNum) must be >= 1") }

@@ -138,7 +138,9 @@ public final class Trainer {
                 if let x = r.overall.targetsNamed { text += String(format: ", targets named %.3f", x) }
                 text += String(format: " (%d images, %.1f s)", r.overall.images, r.seconds)
                 print(text)
-                for (k, f) in r.byKind.sorted(by: { $0.key < $1.key }) { print(String(format: "  %-12@ gIoU %.4f cIoU %.4f (%d questions)", k, f.gIoU, f.cIoU, f.questions)) }
+                for (k, f) in r.byKind.sorted(by: { $0.key < $1.key }) {
+                    print("  " + k.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: " gIoU %.4f cIoU %.4f (%d questions)", f.gIoU, f.cIoU, f.questions))
+                }
             }
         }
         return reports
@@ -265,6 +267,10 @@ public final class Trainer {
 
     public struct StepMetrics {
         public var step: Int, lr: Float, loss: Double, ce: Double, bce: Double, dice: Double
+        /// The query separation sum per mask (0 when off).
+        public var separation = 0.0
+        /// The query grounding sum per mask (0 when off).
+        public var grounding = 0.0
         public var gradNorm: Double, clippedNorm: Double, skipped: Bool
         public var samples: Int, tokens: Int, masks: Int
         public var dataSeconds: Double, forwardSeconds: Double, backwardSeconds: Double, commSeconds: Double, optimizerSeconds: Double
@@ -329,7 +335,7 @@ public final class Trainer {
         let dataSeconds = Date().timeIntervalSince(t0)
         addTrace("data", t0, dataSeconds)
 
-        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0
+        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0
         optimizer.exposedCommSeconds = 0
         optimizer.updateSeconds = 0
         for (k, batch) in micro.enumerated() {
@@ -346,7 +352,12 @@ public final class Trainer {
                 source.model.setLoRADropout(seeds: seeds)
             }
             let tf = Date()
-            let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch)
+            var lossOptions = LossOptions()
+            let sepWeight = options.querySeparationWeight ?? 0
+            if sepWeight > 0 { lossOptions.separationMargin = options.querySeparationMargin ?? 0.2 }
+            let groundWeight = options.queryGroundingWeight ?? 0
+            if groundWeight > 0 { lossOptions.groundingTemperature = options.queryGroundingTemperature ?? 0.1 }
+            let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch, options: lossOptions)
             fwd += Date().timeIntervalSince(tf)
             addTrace("forward \(k)", tf, Date().timeIntervalSince(tf))
             if let out {
@@ -354,7 +365,15 @@ public final class Trainer {
                 let a = tokens > 0 ? Float(Double(options.ceLossWeight) * nt / tokens) : 0
                 let b = masks > 0 ? Float(Double(options.bceLossWeight) * nm / masks) : 0
                 let c = masks > 0 ? Float(Double(options.diceLossWeight) * nm / masks) : 0
-                let loss = out.losses.ce * a + out.losses.bce * b + out.losses.dice * c
+                var loss = out.losses.ce * a + out.losses.bce * b + out.losses.dice * c
+                if sepWeight > 0, out.losses.separationPairs > 0, masks > 0 {
+                    loss = loss + out.losses.separation * Float(Double(sepWeight) / masks)
+                    separation += Double(out.losses.separation.item)
+                }
+                if groundWeight > 0, out.losses.groundingTerms > 0, masks > 0 {
+                    loss = loss + out.losses.grounding * Float(Double(groundWeight) / masks)
+                    grounding += Double(out.losses.grounding.item)
+                }
                 ce += Double(out.losses.ce.item) * nt
                 bce += Double(out.losses.bce.item) * nm
                 dice += Double(out.losses.dice.item) * nm
@@ -372,15 +391,20 @@ public final class Trainer {
         if report.skipped { skippedUpdates += 1 }
         step += 1
         consumedSamples += globalBatch
-        var sums = [ce, bce, dice]
+        var sums = [ce, bce, dice, separation, grounding]
         comm.allreduce(&sums, op: .sum)
         let ceMean = tokens > 0 ? sums[0] / tokens : 0, bceMean = masks > 0 ? sums[1] / masks : 0, diceMean = masks > 0 ? sums[2] / masks : 0
         let loss = Double(options.ceLossWeight) * ceMean + Double(options.bceLossWeight) * bceMean + Double(options.diceLossWeight) * diceMean
-        return StepMetrics(step: step, lr: lr, loss: loss, ce: ceMean, bce: bceMean, dice: diceMean,
+            + Double(options.querySeparationWeight ?? 0) * (masks > 0 ? sums[3] / masks : 0)
+            + Double(options.queryGroundingWeight ?? 0) * (masks > 0 ? sums[4] / masks : 0)
+        var metrics = StepMetrics(step: step, lr: lr, loss: loss, ce: ceMean, bce: bceMean, dice: diceMean,
                            gradNorm: report.gradNorm, clippedNorm: report.clippedNorm, skipped: report.skipped,
                            samples: globalBatch, tokens: Int(tokens), masks: Int(masks), dataSeconds: dataSeconds,
                            forwardSeconds: fwd, backwardSeconds: bwd, commSeconds: optimizer.exposedCommSeconds,
                            optimizerSeconds: optimizer.updateSeconds, seconds: Date().timeIntervalSince(t0))
+        metrics.separation = masks > 0 ? sums[3] / masks : 0
+        metrics.grounding = masks > 0 ? sums[4] / masks : 0
+        return metrics
     }
 
     /// The checkpoint of the current state (collective).
@@ -472,6 +496,7 @@ public final class Trainer {
             "samples": m.samples, "tokens": m.tokens, "masks": m.masks, "samples_per_s": Double(m.samples) / max(m.seconds, 1e-9),
             "data_s": m.dataSeconds, "forward_s": m.forwardSeconds, "backward_s": m.backwardSeconds,
             "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
+            "separation": m.separation, "grounding": m.grounding,
         ]
         history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
         try appendLine(line, to: path)

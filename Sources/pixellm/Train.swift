@@ -58,6 +58,10 @@ struct Train: ParsableCommand {
     @Option(name: both("eval-dataset-dir"), help: "The dataset tree --val-dataset reads (default: the --dataset-dir tree, or the tree the shards were prepared from).") var evalDatasetDir: String?
     @Option(name: both("eval-max-new-tokens"), help: "New tokens at most per generated answer in training's evaluation (default 512).") var evalMaxNewTokens: Int?
     @Option(name: both("eval-max-images"), help: "Evaluate only the first N images of each split (default: all).") var evalMaxImages: Int?
+    @Option(name: both("query-separation-weight"), help: "pixellm's auxiliary loss (not in the reference; default off): pushes apart the SEG queries of an image's different targets.") var querySeparationWeight: Float?
+    @Option(name: both("query-separation-margin"), help: "Cosine margin of the separation loss (default 0.2).") var querySeparationMargin: Float?
+    @Option(name: both("query-grounding-weight"), help: "pixellm's auxiliary loss (not in the reference; default off): each target's SEG query must pick out its own region among the image's targets.") var queryGroundingWeight: Float?
+    @Option(name: both("query-grounding-temperature"), help: "Softmax temperature of the grounding loss (default 0.1).") var queryGroundingTemperature: Float?
     @Option(name: both("resume"), help: "auto (the run directory's latest, if any), never, or a checkpoint / run directory.") var resume = "auto"
     @Option(name: both("stop-at-step"), help: "Stop cleanly (with a checkpoint) at this step; the schedule is unchanged.") var stopAtStep: Int?
     @Option(name: both("time-budget"), help: "Stop cleanly (with a checkpoint) after this wall time: 90s, 10m, 2h.") var timeBudget: String?
@@ -85,6 +89,8 @@ struct Train: ParsableCommand {
         setOpt(valDatasetDir, \.valDatasetDir); setOpt(evalSteps, \.evalSteps)
         setOpt(valDataset, \.valDataset); setOpt(evalDatasetDir, \.evalDatasetDir)
         setOpt(evalMaxNewTokens, \.evalMaxNewTokens); setOpt(evalMaxImages, \.evalMaxImages)
+        setOpt(querySeparationWeight, \.querySeparationWeight); setOpt(querySeparationMargin, \.querySeparationMargin)
+        setOpt(queryGroundingWeight, \.queryGroundingWeight); setOpt(queryGroundingTemperature, \.queryGroundingTemperature)
         set(loraAlpha, \.loraAlpha); set(loraDropout, \.loraDropout); set(loraTargetModules, \.loraTargetModules)
         if let r = loraR { o.loraR = r } else if recipe == nil { o.loraR = o.version != nil ? 8 : 0 }
         if let t = trainable { o.trainable = t } else if recipe == nil { o.trainable = o.version != nil ? "released" : "all" }

@@ -76,6 +76,55 @@ final class MaskLossTests: XCTestCase {
     }
 }
 
+/// pixellm's auxiliary SEG-query separation: the differing pairs, the value by hand, the gradient.
+final class QuerySeparationTests: XCTestCase {
+    func testPairsValueAndGradient() {
+        // masks: 0 and 1 identical (IoU 1: not a pair), 2 disjoint from both, 3 empty like nothing else (IoU 0)
+        let a: [Float] = [1, 1, 0, 0], c: [Float] = [0, 0, 1, 1], e: [Float] = [0, 0, 0, 0]
+        let pairs = QuerySeparation.differingPairs([a, a, c, e])
+        XCTAssertEqual(pairs.map { [$0.0, $0.1] }, [[0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+        // by hand: q0 = (1, 0), q1 = (1, 1) / |.|, q2 = (1, 0.1): cos(0, 2) = 1 / sqrt(1.01); the (0, 1) pair is not counted
+        let q = Tensor([1, 0, 3, 3, 2, 0.2], shape: [3, 1, 2], requiresGrad: true)
+        let l = QuerySeparation.loss(queries: q, pairs: [(0, 2), (1, 2)], margin: 0.2)
+        let cos02 = 1 / (1.01).squareRoot(), cos12 = (1 + 0.1) / ((2.0).squareRoot() * (1.01).squareRoot())
+        XCTAssertEqual(Double(l.item), (cos02 - 0.2) + (cos12 - 0.2), accuracy: 1e-5)
+        // below the margin: zero
+        XCTAssertEqual(QuerySeparation.loss(queries: Tensor([1, 0, 0, 1], shape: [2, 1, 2]), pairs: [(0, 1)], margin: 0.2).item, 0)
+        var rng = RNG(seed: 3)
+        let x = Tensor((0..<(4 * 2 * 5)).map { _ in rng.normal() }, shape: [4, 2, 5], requiresGrad: true)
+        let r = GradCheckLite.run([x], tol: 5e-3) { QuerySeparation.loss(queries: $0[0], pairs: [(0, 1), (0, 3), (2, 3), (1, 2)], margin: -0.5) }
+        XCTAssertTrue(r.isEmpty, r.joined(separator: "; "))
+    }
+}
+
+/// pixellm's auxiliary SEG-query grounding: the grid weights, the value by hand, the gradient.
+final class QueryGroundingTests: XCTestCase {
+    func testGridWeightsValueAndGradient() {
+        // a 4 x 8 image resized into the top half of an 8 x 8 input (valid 4 x 8) on a 2 x 2 grid: the mask's left
+        // half lands in cell (0, 0), the lower grid row is padding
+        var mask = [Float](repeating: 0, count: 32)
+        for y in 0..<4 { for x in 0..<4 { mask[y * 8 + x] = 1 } }
+        mask[0 * 8 + 4] = 1   // one pixel of cell (0, 1): 1 of its 16
+        XCTAssertEqual(QueryGrounding.gridWeights(mask, height: 4, width: 8, valid: (4, 8), input: 8, grid: 2), [1, 1.0 / 16, 0, 0])
+
+        // by hand: L = 1, C = 2, E on a 1 x 2 grid: cell 0 = (1, 0), cell 1 = (0, 1); regions = the two cells;
+        // query (1, 0) for region 0: logits (1, 0) / t; loss = -log softmax = log(1 + e^(-1/t))
+        let E = Tensor([1, 0, 0, 1], shape: [1, 2, 1, 2])
+        let q = Tensor([1, 0], shape: [1, 1, 2], requiresGrad: true)
+        let l = QueryGrounding.loss(queries: q, embeddings: E, regions: [[1, 0], [0, 1]], group: [0], temperature: 0.5)
+        XCTAssertEqual(Double(l.item), log(1 + exp(-2.0)), accuracy: 1e-5)
+
+        var rng = RNG(seed: 5)
+        let qs = Tensor((0..<(3 * 2 * 4)).map { _ in rng.normal() }, shape: [3, 2, 4], requiresGrad: true)
+        let emb = Tensor((0..<(2 * 4 * 3 * 3)).map { _ in rng.normal() }, shape: [2, 4, 3, 3], requiresGrad: true)
+        let regions: [[Float]] = [[1, 1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0.5, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 1, 1, 0.25]]
+        let r = GradCheckLite.run([qs, emb], tol: 5e-3) {
+            QueryGrounding.loss(queries: $0[0], embeddings: $0[1], regions: regions, group: [2, 0, 1], temperature: 0.3)
+        }
+        XCTAssertTrue(r.isEmpty, r.joined(separator: "; "))
+    }
+}
+
 /// A small central-difference checker for scalar-valued functions (the refinement weights are piecewise
 /// constant in the logits, so elements within 1e-2 of a sign change are skipped).
 enum GradCheckLite {
