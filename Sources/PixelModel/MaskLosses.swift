@@ -16,7 +16,7 @@ public struct LossOptions: Sendable, Equatable {
     /// pixellm's auxiliary SEG-query grounding (not in the reference; nil = off): per image and feature level, each
     /// supervised target's fused query must pick out its own region among the image's distinct target regions:
     /// cross-entropy over cos(q_k, r_j) / temperature, r_j the mean of the decoder's image embedding E over target j's
-    /// ground truth (area-weighted on E's grid). Summed over targets and levels (`LossTerms.grounding`).
+    /// ground truth (area-weighted on E's grid) minus its mean over the whole grid. Summed over targets and levels (`LossTerms.grounding`).
     public var groundingTemperature: Float? = nil
     public init() {}
 }
@@ -98,14 +98,15 @@ public enum QueryGrounding {
     }
 
     /// sum over targets k (rows of `queries` [K, L, C]) and levels l of -log softmax_j(cos(q_kl, r_jl) / t)[group(k)],
-    /// r_jl = sum_p E[l, :, p] w_j(p) / sum_p w_j(p) for the distinct regions j (`regions` [J, g*g] grid weights, each
+    /// r_jl = sum_p E[l, :, p] w_j(p) / sum_p w_j(p) - mean_p E[l, :, p] for the distinct regions j (`regions` [J, g*g] grid weights, each
     /// with a positive sum; `group[k]` the region of target k). E: [L, C, g, g].
     public static func loss(queries: Tensor, embeddings E: Tensor, regions: [[Float]], group: [Int], temperature t: Float) -> Tensor {
         let K = queries.dim(0), L = queries.dim(1), C = queries.dim(2), J = regions.count
         let G = E.dim(2) * E.dim(3)
         guard K > 0, J > 1 else { return Tensor(scalar: 0) }
+        // region means minus the image mean (over every grid cell): what tells the regions apart, not what they share
         var wv: [Float] = []
-        for r in regions { let s = r.reduce(0, +); wv += r.map { $0 / s } }
+        for r in regions { let s = r.reduce(0, +); wv += r.map { $0 / s - 1 / Float(G) } }
         let w = Tensor(wv, shape: [J, G])
         var total: Tensor? = nil
         func unit(_ x: Tensor) -> Tensor { x / (x.square().sum(axes: [1], keepDims: true) + Tensor(scalar: 1e-8)).sqrt() }

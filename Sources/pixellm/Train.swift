@@ -15,7 +15,7 @@ struct Train: ParsableCommand {
         abstract: "Train PixelLM (data parallel under mpirun; ZeRO-sharded AdamW; resumable at any world size).",
         discussion: "Options are named like the reference's train_ds.py (kebab case; the underscore spellings work too). The run directory is LOG_BASE_DIR/EXP_NAME: metrics.jsonl, checkpoints/step-N, latest, trace-rankR.json. A run directory with a checkpoint resumes from it unless --resume never.")
 
-    @Option(name: both("recipe"), help: "A training recipe (JSON with the reference's option names, e.g. configs/recipes/smoke-synth-small.json); command-line options override it.") var recipe: String?
+    @Option(name: both("recipe"), help: "A training recipe (JSON with the reference's option names, e.g. configs/recipes/smoke.json); command-line options override it.") var recipe: String?
     @Option(name: both("version"), help: "PixelLM checkpoint directory to start from, or a LLaVA base (LLaVA-Lightning-7B-v1-1 ...; with --config for other PixelLM sizes than the released ones).") var version: String?
     @Option(name: both("config"), help: "Model config (a directory with config.json, or the file; e.g. configs/synth-small) for a fresh initialisation from --seed.") var config: String?
     @Option(name: both("vision-tower"), help: "CLIP directory for a --version checkpoint without one.") var visionTower: String?

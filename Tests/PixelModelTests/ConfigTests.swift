@@ -22,6 +22,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(b13.hiddenSize, 5120)
         XCTAssertEqual(b13.numHiddenLayers, 40)
         _ = try PixelLMConfig.load(Self.configsDir.appendingPathComponent("synth-small/config.json").path)
+        let smoke = try PixelLMConfig.load(Self.configsDir.appendingPathComponent("synth-smoke/config.json").path)
+        XCTAssertEqual(smoke.visionGrid, 8)
+        XCTAssertEqual(smoke.imageTokenCount, 16)
+        XCTAssertEqual(smoke.visionConfig.numHiddenLayers, 6)
     }
 
     func testBadConfigNamesFileAndField() throws {

@@ -107,12 +107,13 @@ final class QueryGroundingTests: XCTestCase {
         mask[0 * 8 + 4] = 1   // one pixel of cell (0, 1): 1 of its 16
         XCTAssertEqual(QueryGrounding.gridWeights(mask, height: 4, width: 8, valid: (4, 8), input: 8, grid: 2), [1, 1.0 / 16, 0, 0])
 
-        // by hand: L = 1, C = 2, E on a 1 x 2 grid: cell 0 = (1, 0), cell 1 = (0, 1); regions = the two cells;
-        // query (1, 0) for region 0: logits (1, 0) / t; loss = -log softmax = log(1 + e^(-1/t))
+        // by hand: L = 1, C = 2, E on a 1 x 2 grid: cell 0 = (1, 0), cell 1 = (0, 1), mean (0.5, 0.5); regions = the
+        // two cells: r0 = (0.5, -0.5), r1 = -r0; query (1, 0) for region 0: logits (s, -s) / t with s = cos 45 degrees;
+        // loss = -log softmax = log(1 + e^(-2 s / t))
         let E = Tensor([1, 0, 0, 1], shape: [1, 2, 1, 2])
         let q = Tensor([1, 0], shape: [1, 1, 2], requiresGrad: true)
         let l = QueryGrounding.loss(queries: q, embeddings: E, regions: [[1, 0], [0, 1]], group: [0], temperature: 0.5)
-        XCTAssertEqual(Double(l.item), log(1 + exp(-2.0)), accuracy: 1e-5)
+        XCTAssertEqual(Double(l.item), log(1 + exp(-2 * (0.5).squareRoot() / 0.5)), accuracy: 1e-5)
 
         var rng = RNG(seed: 5)
         let qs = Tensor((0..<(3 * 2 * 4)).map { _ in rng.normal() }, shape: [3, 2, 4], requiresGrad: true)

@@ -193,6 +193,29 @@ final class TrainRunTests: XCTestCase {
         XCTAssertTrue(masks.contains("\"masks\":"), "metrics log has mask counts")
     }
 
+    /// The auxiliary query losses (separation, grounding) are normalised by the global mask count like the mask
+    /// losses: 2 ranks give the weights of 1; both terms are logged and move the weights.
+    func testAuxiliaryQueryLossesAreRankIndependent() throws {
+        let aux = ["--query-separation-weight", "0.5", "--query-grounding-weight", "0.5"]
+        try train(try common("aux-n1", steps: 8, bs: 2, ga: 2, extra: aux))
+        try train(try common("aux-n2", steps: 8, bs: 2, ga: 1, extra: aux + ["--zero-stage", "2"]), ranks: 2)
+        let (d, worst) = Self.relDiffWhere(Self.split(try Self.weights("aux-n2")).1, Self.split(try Self.weights("aux-n1")).1)
+        XCTAssertLessThanOrEqual(d, 1e-5, "largest: \(worst)")
+        let lines = try String(contentsOfFile: Self.runDir("aux-n1") + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }.filter { $0["loss"] != nil }
+        XCTAssertEqual(lines.count, 8)
+        XCTAssertTrue(lines.contains { ($0["separation"] as? Double ?? 0) > 0 }, "separation logged")
+        XCTAssertTrue(lines.contains { ($0["grounding"] as? Double ?? 0) > 0 }, "grounding logged")
+        // the terms are in the loss: the total exceeds the reference's three terms by weight x term
+        for l in lines {
+            let base = (l["ce"] as! Double) + 2 * (l["bce"] as! Double) + 0.5 * (l["dice"] as! Double)
+            XCTAssertEqual(l["loss"] as! Double, base + 0.5 * (l["separation"] as! Double) + 0.5 * (l["grounding"] as! Double), accuracy: 1e-9)
+        }
+        try train(try common("aux-off", steps: 8, bs: 2, ga: 2))
+        XCTAssertGreaterThan(Self.relDiff(try Self.weights("aux-off"), try Self.weights("aux-n1")), 1e-4, "the auxiliary losses change the update")
+    }
+
     // MARK: (b), (c)
 
     func testStoppedAndResumedRunEqualsAnUninterruptedOne() throws {
@@ -375,6 +398,17 @@ final class TrainRunTests: XCTestCase {
         for (a, c) in zip(one, try report(Self.root + "/ev3.json")) {
             XCTAssertEqual(a["overall"] as! NSDictionary, c["overall"] as! NSDictionary, "consolidated = run directory")
         }
+
+        // every split the synthetic set provides (the first image of each)
+        let all = ["MultiReasonSeg|val", "MultiReasonSeg|test_less", "MultiReasonSeg|test_many", "refcoco|unc|val", "refcoco|unc|testA",
+                   "refcoco|unc|testB", "multirefcoco|unc|val", "multirefcoco|unc|testA", "ReasonSeg|val"]
+        r = try Self.pixellm(["eval", "--model", run + "/best", "--dataset-dir", Self.root + "/data", "--val-dataset", all.joined(separator: "||"),
+                              "--max-new-tokens", "4", "--limit", "1", "--quiet", "--out", Self.root + "/ev-all.json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let every = try report(Self.root + "/ev-all.json")
+        XCTAssertEqual(every.map { $0["dataset"] as! String }, all)
+        XCTAssertTrue(every.allSatisfy { (($0["overall"] as! [String: Any])["images"] as! Int) == 1 })
+        XCTAssertTrue(every.allSatisfy { ($0["records"] as! [Any]).count >= 1 })
 
         // bad input: an unknown split lists the known ones; a tokenizer without the SEG tokens is refused by name
         r = try Self.pixellm(["eval", "--model", run, "--dataset-dir", Self.root + "/data", "--val-dataset", "refcoco|unc|nope"])
