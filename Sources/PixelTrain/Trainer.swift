@@ -150,9 +150,11 @@ public final class Trainer {
     /// (written now if the step has none yet; collective).
     func keepBest(_ reports: [EvalReport]) throws {
         guard let g = reports.first?.overall.gIoU, g > bestGIoU else { return }
-        let dir = lastSavedStep == step ? (try TrainCheckpoint.resolve(runDirectory)) : try save()
+        // this step's checkpoint (only rank 0 reads the run directory's `latest`: other nodes may not share it)
+        let saved = lastSavedStep == step ? nil : try save()
         bestGIoU = g
         if comm.rank == 0 {
+            let dir = try saved ?? TrainCheckpoint.resolve(runDirectory)
             try TrainCheckpoint.markBest(run: runDirectory, checkpoint: dir, step: step, dataset: reports[0].dataset, gIoU: g,
                                          cIoU: reports[0].overall.cIoU)
             if !quiet { print(String(format: "best: step %d (gIoU %.4f) -> %@", step, g, (runDirectory as NSString).appendingPathComponent(TrainCheckpoint.bestName))) }
@@ -444,7 +446,7 @@ public final class Trainer {
             if step % options.saveSteps == 0 && step < total && lastSavedStep != step { try save() }
         }
         try logValidation(metricsPath)
-        let path = lastSavedStep == step ? try TrainCheckpoint.resolve(runDirectory) : try save()
+        let path = lastSavedStep == step ? (comm.rank == 0 ? try TrainCheckpoint.resolve(runDirectory) : "") : try save()
         try keepBest(try evaluate(metricsPath: comm.rank == 0 ? metricsPath : nil))
         if comm.rank == 0 {
             do { try LossPlot.write(run: runDirectory) } catch { if !quiet { print("note: no loss curve: \(error)") } }
