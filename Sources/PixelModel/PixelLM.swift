@@ -330,42 +330,10 @@ public final class PixelLMForCausalLM: Module {
             embeddings[b] = E
             let qs = members.map { convOut[$0].queries! }
             let allQueries = qs.count == 1 ? qs[0] : concat(qs, axis: 0)
-            if let temperature = options.groundingTemperature {
-                // each supervised target's query against the image's distinct target regions on E's grid
-                var rows: [Int] = [], regions: [[Float]] = [], group: [Int] = [], masks: [[Float]] = []
-                var k0 = 0
-                let (H, W) = batch.originalSizes[b], g = E.dim(2)
-                for m in members {
-                    let k = convOut[m].predictedCount
-                    if convOut[m].inMaskLoss, let t = batch.conversations[m].targetMasks {
-                        let per = t.count / max(t.dim(0), 1), data = t.contiguousData().toArray()
-                        for i in 0..<k {
-                            let mask = Array(data[(i * per)..<((i + 1) * per)])
-                            let weights = QueryGrounding.gridWeights(mask, height: H, width: W, valid: batch.validSizes[b],
-                                                                     input: config.resizeVisionTowerSize, grid: g)
-                            guard weights.reduce(0, +) > 0 else { continue }
-                            // a region equal (IoU >= 0.5) to one seen before is the same candidate
-                            let same = masks.indices.first { QuerySeparation.differingPairs([masks[$0], mask]).isEmpty }
-                            if let j = same { group.append(group[j]) } else {
-                                group.append(regions.count)
-                                regions.append(weights)
-                            }
-                            masks.append(mask)
-                            rows.append(k0 + i)
-                        }
-                    }
-                    k0 += k
-                }
-                if regions.count > 1 {
-                    let picked = concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
-                    let l = QueryGrounding.loss(queries: picked, embeddings: E, regions: regions, group: group, temperature: temperature)
-                    grounding = grounding.map { $0 + l } ?? l
-                    groundingTerms += rows.count * allQueries.dim(1)
-                }
-            }
-            if let margin = options.separationMargin {
-                // the queries of this image's supervised targets (masks matching their ground truth)
-                var rows: [Int] = [], gts: [[Float]] = []
+            // the rows (in allQueries) and ground truths of this image's supervised targets (masks matching their
+            // ground truth), for the auxiliary query losses
+            var rows: [Int] = [], gts: [[Float]] = []
+            if options.groundingTemperature != nil || options.separationMargin != nil {
                 var k0 = 0
                 for m in members {
                     let k = convOut[m].predictedCount
@@ -375,6 +343,32 @@ public final class PixelLMForCausalLM: Module {
                     }
                     k0 += k
                 }
+            }
+            if let temperature = options.groundingTemperature {
+                // each supervised target's query against the image's distinct target regions on E's grid
+                var kept: [Int] = [], regions: [[Float]] = [], group: [Int] = [], masks: [[Float]] = []
+                let (H, W) = batch.originalSizes[b], g = E.dim(2)
+                for (row, mask) in zip(rows, gts) {
+                    let weights = QueryGrounding.gridWeights(mask, height: H, width: W, valid: batch.validSizes[b],
+                                                             input: config.resizeVisionTowerSize, grid: g)
+                    guard weights.reduce(0, +) > 0 else { continue }
+                    // a region equal (IoU >= 0.5) to one seen before is the same candidate
+                    let same = masks.indices.first { QuerySeparation.differingPairs([masks[$0], mask]).isEmpty }
+                    if let j = same { group.append(group[j]) } else {
+                        group.append(regions.count)
+                        regions.append(weights)
+                    }
+                    masks.append(mask)
+                    kept.append(row)
+                }
+                if regions.count > 1 {
+                    let picked = concat(kept.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+                    let l = QueryGrounding.loss(queries: picked, embeddings: E, regions: regions, group: group, temperature: temperature)
+                    grounding = grounding.map { $0 + l } ?? l
+                    groundingTerms += kept.count * allQueries.dim(1)
+                }
+            }
+            if let margin = options.separationMargin {
                 let pairs = QuerySeparation.differingPairs(gts)
                 if !pairs.isEmpty {
                     let picked = rows.count == allQueries.dim(0) ? allQueries : concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)

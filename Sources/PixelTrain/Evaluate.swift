@@ -424,14 +424,17 @@ public final class Evaluator {
         if failed != 0 {
             throw EvalError.data(source.dataset.name, firstError ?? "another rank failed (see its message)")
         }
-        let bytes = [UInt8](try JSONEncoder().encode(mine))
-        let all = comm.size == 1 ? bytes : comm.allgatherv(bytes)
         var records: [EvalQuestionRecord] = []
         if comm.size == 1 {
             records = mine
         } else {
-            // the gathered buffer is the ranks' JSON arrays back to back: split them by their lengths
+            // every rank's records as JSON, back to back: the lengths first, then the bytes
+            let bytes = [UInt8](try JSONEncoder().encode(mine))
             let counts = comm.allgather([Int64(bytes.count)]).map { Int($0) }
+            var all = [UInt8](repeating: 0, count: counts.reduce(0, +))
+            bytes.withUnsafeBufferPointer { src in
+                all.withUnsafeMutableBufferPointer { comm.allgatherv(src.baseAddress!, counts: counts, into: $0.baseAddress!) }
+            }
             var at = 0
             for c in counts {
                 records += try JSONDecoder().decode([EvalQuestionRecord].self, from: Data(all[at..<(at + c)]))

@@ -46,13 +46,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
-        let comm = Communicators.make()
-        func fail(_ e: Error) -> Never {
-            if comm.size > 1 { comm.abort(message: "eval: rank \(comm.rank): \(e)") }
-            FileHandle.standardError.write(Data("error: \(e)\n".utf8))
-            Foundation.exit(1)
-        }
-        do {
+        runOnRanks("eval") { comm in
             let datasets = try EvalDataset.parse(valDataset)
             let (tok, model, what, tokName) = try loadModel()
             var o = EvalOptions()
@@ -85,8 +79,6 @@ struct Eval: ParsableCommand {
                 try AtomicFile.write([UInt8](data), to: out)
                 print("eval: report \(out)")
             }
-        } catch {
-            fail(error)
         }
     }
 

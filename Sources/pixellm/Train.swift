@@ -112,13 +112,7 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        let comm = Communicators.make()
-        func fail(_ e: Error) -> Never {
-            if comm.size > 1 { comm.abort(message: "train: rank \(comm.rank): \(e)") }
-            FileHandle.standardError.write(Data("error: \(e)\n".utf8))
-            Foundation.exit(1)
-        }
-        do {
+        runOnRanks("train") { comm in
             let o = try options()
             // an unwritable run directory is an error before any work
             if comm.rank == 0 {
@@ -151,9 +145,18 @@ struct Train: ParsableCommand {
                 print("train: run directory \(o.runDirectory)")
             }
             try trainer.run()
-        } catch {
-            fail(error)
         }
+    }
+}
+
+/// Runs a command's body on this process's rank; an error stops the whole job (MPI_Abort naming the command and the
+/// rank under mpirun, so that no other rank waits in a collective), else prints it and exits 1.
+func runOnRanks(_ command: String, _ body: (any Communicator) throws -> Void) {
+    let comm = Communicators.make()
+    do { try body(comm) } catch {
+        if comm.size > 1 { comm.abort(message: "\(command): rank \(comm.rank): \(error)") }
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        Foundation.exit(1)
     }
 }
 
