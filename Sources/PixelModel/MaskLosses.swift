@@ -18,6 +18,11 @@ public struct LossOptions: Sendable, Equatable {
     /// cross-entropy over cos(q_k, r_j) / temperature, r_j the mean of the decoder's image embedding E over target j's
     /// ground truth (area-weighted on E's grid) minus its mean over the whole grid. Summed over targets and levels (`LossTerms.grounding`).
     public var groundingTemperature: Float? = nil
+    /// pixellm's auxiliary SEG-query appearance loss (not in the reference; false = off): the first half of the
+    /// channels of each supervised target's fused query, at every level, regress a fixed projection of the target's
+    /// appearance measured on the model input (mean colour, size, fill of its box; `QueryAppearance`).
+    /// Summed over targets of the mean squared error over levels and channels (`LossTerms.appearance`).
+    public var queryAppearance = false
     public init() {}
 }
 
@@ -42,6 +47,9 @@ public struct LossTerms {
     /// The query grounding sum (zero when off) and the (target, level) terms in it.
     public var grounding: Tensor = Tensor(scalar: 0)
     public var groundingTerms = 0
+    /// The query appearance sum (zero when off) and the targets in it.
+    public var appearance: Tensor = Tensor(scalar: 0)
+    public var appearanceTargets = 0
 }
 
 /// pixellm's auxiliary SEG-query separation (LossOptions.separationMargin).
@@ -119,6 +127,75 @@ public enum QueryGrounding {
             total = total.map { $0 + ce } ?? ce
         }
         return total!
+    }
+}
+
+/// pixellm's auxiliary SEG-query appearance loss (LossOptions.queryAppearance). A model trained from scratch starts
+/// with SEG queries that say nothing about their target and a decoder that therefore learns to ignore them: the masks
+/// stay question-agnostic foreground blobs. Feeding the decoder a query that is a fixed projection of the target's
+/// appearance instead (a diagnostic run) makes the same decoder learn target-specific masks at once (DICE 0.41 against
+/// 0.73 after 230 steps). This loss asks the language model for such queries: half of each query's channels must
+/// state what the target looks like, measured from the pixels under its ground truth. Nothing about a dataset's
+/// vocabulary is assumed; any dataset with masks supplies the targets. Where the target is (its centre) is left out:
+/// the words of a question cannot say it, and regressing it fought the language loss without helping the masks.
+public enum QueryAppearance {
+    /// Channels of the descriptor: mean normalised R, G, B of the target's pixels; 4 sqrt(area fraction); 2 x area /
+    /// box area - 1 (how much of its bounding box the target fills: a shape cue).
+    public static let size = 5
+
+    /// The descriptor of one target. `mask`: [H, W] at the original size (> 0.5 = target); `pixels`: the model input
+    /// [3, S, S] (normalised, row-major) in which the image occupies the top-left `valid` (h', w'). The model input is
+    /// sampled every `stride` pixels; a pixel belongs to the target when its position in the original image does.
+    /// An empty target (no sampled pixel) gives zeros.
+    public static func descriptor(mask: [Float], height H: Int, width W: Int, pixels: UnsafePointer<Float>, input S: Int,
+                                  valid: (height: Int, width: Int), stride: Int = 2) -> [Float] {
+        var sum = [Double](repeating: 0, count: 3), n = 0.0, total = 0.0
+        var minX = Int.max, maxX = -1, minY = Int.max, maxY = -1
+        let plane = S * S
+        for sy in Swift.stride(from: 0, to: valid.height, by: stride) {
+            let y = min(H - 1, Int((Double(sy) + 0.5) * Double(H) / Double(valid.height)))
+            for sx in Swift.stride(from: 0, to: valid.width, by: stride) {
+                total += 1
+                let x = min(W - 1, Int((Double(sx) + 0.5) * Double(W) / Double(valid.width)))
+                guard mask[y * W + x] > 0.5 else { continue }
+                for c in 0..<3 { sum[c] += Double(pixels[c * plane + sy * S + sx]) }
+                n += 1
+                minX = min(minX, sx); maxX = max(maxX, sx); minY = min(minY, sy); maxY = max(maxY, sy)
+            }
+        }
+        guard n > 0, total > 0 else { return [Float](repeating: 0, count: size) }
+        let box = Double((maxX - minX) / stride + 1) * Double((maxY - minY) / stride + 1)
+        return [Float(sum[0] / n), Float(sum[1] / n), Float(sum[2] / n), Float(4 * (n / total).squareRoot()), Float(2 * n / box - 1)]
+    }
+
+    /// The fixed projection P [C/2, size] spreading a descriptor over the first half of a C-channel query: entries
+    /// N(0, 1/size) from a fixed seed, so that every target channel has about the descriptor's mean square and the
+    /// target's norm is about sqrt(C/2) times the descriptor's RMS: the scale of the decoder's own tokens.
+    public static func projection(channels C: Int) -> [Float] {
+        var rng = RNG(seed: 0x5145_5259_4150_5052)
+        let s = Float(1 / Double(size).squareRoot())
+        return (0..<((C / 2) * size)).map { _ in rng.normal() * s }
+    }
+
+    /// The regression targets P f of `descriptors` (K rows of `size` values): K rows of C/2 values.
+    public static func targets(_ descriptors: [[Float]], channels C: Int) -> [[Float]] {
+        let P = projection(channels: C), D = size
+        return descriptors.map { f in
+            (0..<(C / 2)).map { c in (0..<D).reduce(Float(0)) { $0 + P[c * D + $1] * f[$1] } }
+        }
+    }
+
+    /// sum over targets k of mean over levels l and channels c < C/2 of (q[k, l, c] - (P f_k)[c])^2; queries [K, L, C],
+    /// `descriptors` K rows of `size` values.
+    public static func loss(queries: Tensor, descriptors: [[Float]]) -> Tensor {
+        let K = queries.dim(0), L = queries.dim(1), C = queries.dim(2), half = C / 2
+        precondition(descriptors.count == K && descriptors.allSatisfy { $0.count == size } && half >= 1,
+                     "QueryAppearance.loss: \(K) queries of \(C) channels, \(descriptors.count) descriptors")
+        guard K > 0 else { return Tensor(scalar: 0) }
+        var t: [Float] = []
+        for row in targets(descriptors, channels: C) { for _ in 0..<L { t += row } }
+        let diff = queries.slice(axis: 2, 0, half) - Tensor(t, shape: [K, L, half])
+        return diff.square().sum() * (1 / Float(L * half))
     }
 }
 

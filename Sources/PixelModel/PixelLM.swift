@@ -321,6 +321,8 @@ public final class PixelLMForCausalLM: Module {
         let outMid = L > 1 ? outMMProjector(vision.mid) : nil
         var embeddings: [Tensor?] = Array(repeating: nil, count: B)
         var separation: Tensor? = nil, separationPairs = 0, grounding: Tensor? = nil, groundingTerms = 0
+        var appearance: Tensor? = nil, appearanceTargets = 0
+        let pixelValues = options.queryAppearance ? batch.pixels.contiguousData() : nil
         for b in 0..<B {
             let members = convOut.indices.filter { batch.conversations[$0].imageIndex == b && convOut[$0].queries != nil }
             if members.isEmpty { continue }
@@ -333,7 +335,7 @@ public final class PixelLMForCausalLM: Module {
             // the rows (in allQueries) and ground truths of this image's supervised targets (masks matching their
             // ground truth), for the auxiliary query losses
             var rows: [Int] = [], gts: [[Float]] = []
-            if options.groundingTemperature != nil || options.separationMargin != nil {
+            if options.groundingTemperature != nil || options.separationMargin != nil || options.queryAppearance {
                 var k0 = 0
                 for m in members {
                     let k = convOut[m].predictedCount
@@ -367,6 +369,17 @@ public final class PixelLMForCausalLM: Module {
                     grounding = grounding.map { $0 + l } ?? l
                     groundingTerms += kept.count * allQueries.dim(1)
                 }
+            }
+            if let pixelValues, !rows.isEmpty {
+                let (H, W) = batch.originalSizes[b], S = config.resizeVisionTowerSize
+                let base = pixelValues.ptr + b * 3 * S * S
+                let descriptors = gts.map {
+                    QueryAppearance.descriptor(mask: $0, height: H, width: W, pixels: base, input: S, valid: batch.validSizes[b])
+                }
+                let picked = rows.count == allQueries.dim(0) ? allQueries : concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+                let l = QueryAppearance.loss(queries: picked, descriptors: descriptors)
+                appearance = appearance.map { $0 + l } ?? l
+                appearanceTargets += rows.count
             }
             if let margin = options.separationMargin {
                 let pairs = QuerySeparation.differingPairs(gts)
@@ -406,6 +419,10 @@ public final class PixelLMForCausalLM: Module {
         if let grounding {
             losses.grounding = grounding
             losses.groundingTerms = groundingTerms
+        }
+        if let appearance {
+            losses.appearance = appearance
+            losses.appearanceTargets = appearanceTargets
         }
         return PixelLMOutput(logits: logits, hidden: hidden, attentionMask: attentionMask, labels: expandedLabels,
                              vision: vision, imageTokens: imageTokens, imageEmbeddings: embeddings,

@@ -71,6 +71,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// cross-entropy that makes each target's query pick out its own region among the image's target regions.
     public var queryGroundingWeight: Float?
     public var queryGroundingTemperature: Float?
+    /// pixellm's auxiliary SEG-query appearance loss (not in the reference; nil / 0: off): weight of the squared error
+    /// between a few channels of each target's query and the target's appearance (QueryAppearance), normalised like
+    /// the mask losses.
+    public var queryAppearanceWeight: Float?
 
     public init() {}
 
@@ -88,7 +92,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case valDataset = "val_dataset", evalDatasetDir = "eval_dataset_dir", evalMaxNewTokens = "eval_max_new_tokens"
         case evalMaxImages = "eval_max_images", querySeparationWeight = "query_separation_weight"
         case querySeparationMargin = "query_separation_margin", queryGroundingWeight = "query_grounding_weight"
-        case queryGroundingTemperature = "query_grounding_temperature"
+        case queryGroundingTemperature = "query_grounding_temperature", queryAppearanceWeight = "query_appearance_weight"
     }
 
     /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.
@@ -158,6 +162,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if let w = querySeparationWeight, w < 0 || !w.isFinite { try fail("query-separation-weight", "\(w) must be >= 0") }
         if let m = querySeparationMargin, !(m >= -1 && m < 1) { try fail("query-separation-margin", "\(m) must be in [-1, 1)") }
         if let w = queryGroundingWeight, w < 0 || !w.isFinite { try fail("query-grounding-weight", "\(w) must be >= 0") }
+        if let w = queryAppearanceWeight, w < 0 || !w.isFinite { try fail("query-appearance-weight", "\(w) must be >= 0") }
         if let t = queryGroundingTemperature, !(t > 0) || !t.isFinite { try fail("query-grounding-temperature", "\(t) must be > 0") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }
         if let l = saveTotalLimit, l < 1 { try fail("save-total-limit", "\(l) must be >= 1") }

@@ -129,7 +129,7 @@ public final class Trainer {
             if let c = r.overall.cIoUClean { line["cIoU_clean"] = c }
             if let x = r.overall.exactMatch { line["exact_match"] = x }
             if let x = r.overall.targetsNamed { line["targets_named"] = x }
-            for (k, f) in r.byKind { line["gIoU_\(k)"] = f.gIoU }
+            for (k, f) in r.byKind where f.targets > 0 { line["gIoU_\(k)"] = f.gIoU }
             if let metricsPath { try appendLine(line, to: metricsPath) }
             if !quiet {
                 var text = String(format: "eval at step %d: %@ gIoU %.4f cIoU %.4f", step, r.dataset, r.overall.gIoU, r.overall.cIoU)
@@ -139,7 +139,11 @@ public final class Trainer {
                 text += String(format: " (%d images, %.1f s)", r.overall.images, r.seconds)
                 print(text)
                 for (k, f) in r.byKind.sorted(by: { $0.key < $1.key }) {
-                    print("  " + k.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: " gIoU %.4f cIoU %.4f (%d questions)", f.gIoU, f.cIoU, f.questions))
+                    var text = "  " + k.padding(toLength: 12, withPad: " ", startingAt: 0)
+                    // a kind without targets (text-only answers) has no masks to score
+                    text += f.targets > 0 ? String(format: " gIoU %.4f cIoU %.4f", f.gIoU, f.cIoU) : " no masks to score"
+                    if let x = f.exactMatch { text += String(format: ", exact answers %.3f", x) }
+                    print(text + " (\(f.questions) questions)")
                 }
             }
         }
@@ -273,6 +277,8 @@ public final class Trainer {
         public var separation = 0.0
         /// The query grounding sum per mask (0 when off).
         public var grounding = 0.0
+        /// The query appearance sum per mask (0 when off).
+        public var appearance = 0.0
         public var gradNorm: Double, clippedNorm: Double, skipped: Bool
         public var samples: Int, tokens: Int, masks: Int
         public var dataSeconds: Double, forwardSeconds: Double, backwardSeconds: Double, commSeconds: Double, optimizerSeconds: Double
@@ -337,7 +343,7 @@ public final class Trainer {
         let dataSeconds = Date().timeIntervalSince(t0)
         addTrace("data", t0, dataSeconds)
 
-        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0
+        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0, appearance = 0.0
         optimizer.exposedCommSeconds = 0
         optimizer.updateSeconds = 0
         for (k, batch) in micro.enumerated() {
@@ -359,6 +365,8 @@ public final class Trainer {
             if sepWeight > 0 { lossOptions.separationMargin = options.querySeparationMargin ?? 0.2 }
             let groundWeight = options.queryGroundingWeight ?? 0
             if groundWeight > 0 { lossOptions.groundingTemperature = options.queryGroundingTemperature ?? 0.1 }
+            let appearanceWeight = options.queryAppearanceWeight ?? 0
+            lossOptions.queryAppearance = appearanceWeight > 0
             let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch, options: lossOptions)
             fwd += Date().timeIntervalSince(tf)
             addTrace("forward \(k)", tf, Date().timeIntervalSince(tf))
@@ -375,6 +383,10 @@ public final class Trainer {
                 if groundWeight > 0, out.losses.groundingTerms > 0, masks > 0 {
                     loss = loss + out.losses.grounding * Float(Double(groundWeight) / masks)
                     grounding += Double(out.losses.grounding.item)
+                }
+                if appearanceWeight > 0, out.losses.appearanceTargets > 0, masks > 0 {
+                    loss = loss + out.losses.appearance * Float(Double(appearanceWeight) / masks)
+                    appearance += Double(out.losses.appearance.item)
                 }
                 ce += Double(out.losses.ce.item) * nt
                 bce += Double(out.losses.bce.item) * nm
@@ -393,12 +405,13 @@ public final class Trainer {
         if report.skipped { skippedUpdates += 1 }
         step += 1
         consumedSamples += globalBatch
-        var sums = [ce, bce, dice, separation, grounding]
+        var sums = [ce, bce, dice, separation, grounding, appearance]
         comm.allreduce(&sums, op: .sum)
         let ceMean = tokens > 0 ? sums[0] / tokens : 0, bceMean = masks > 0 ? sums[1] / masks : 0, diceMean = masks > 0 ? sums[2] / masks : 0
         let loss = Double(options.ceLossWeight) * ceMean + Double(options.bceLossWeight) * bceMean + Double(options.diceLossWeight) * diceMean
             + Double(options.querySeparationWeight ?? 0) * (masks > 0 ? sums[3] / masks : 0)
             + Double(options.queryGroundingWeight ?? 0) * (masks > 0 ? sums[4] / masks : 0)
+            + Double(options.queryAppearanceWeight ?? 0) * (masks > 0 ? sums[5] / masks : 0)
         var metrics = StepMetrics(step: step, lr: lr, loss: loss, ce: ceMean, bce: bceMean, dice: diceMean,
                            gradNorm: report.gradNorm, clippedNorm: report.clippedNorm, skipped: report.skipped,
                            samples: globalBatch, tokens: Int(tokens), masks: Int(masks), dataSeconds: dataSeconds,
@@ -406,6 +419,7 @@ public final class Trainer {
                            optimizerSeconds: optimizer.updateSeconds, seconds: Date().timeIntervalSince(t0))
         metrics.separation = masks > 0 ? sums[3] / masks : 0
         metrics.grounding = masks > 0 ? sums[4] / masks : 0
+        metrics.appearance = masks > 0 ? sums[5] / masks : 0
         return metrics
     }
 
@@ -498,7 +512,7 @@ public final class Trainer {
             "samples": m.samples, "tokens": m.tokens, "masks": m.masks, "samples_per_s": Double(m.samples) / max(m.seconds, 1e-9),
             "data_s": m.dataSeconds, "forward_s": m.forwardSeconds, "backward_s": m.backwardSeconds,
             "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
-            "separation": m.separation, "grounding": m.grounding,
+            "separation": m.separation, "grounding": m.grounding, "appearance": m.appearance,
         ]
         history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
         try appendLine(line, to: path)

@@ -90,7 +90,10 @@ struct Eval: ParsableCommand {
         let gen = r.mode == "generate"
         func line(_ name: String, _ x: EvalFigures) -> String {
             var s = "  \(name.padding(toLength: 14, withPad: " ", startingAt: 0)) questions \(String(format: "%4d", x.questions))  targets \(String(format: "%4d", x.targets))"
-            if gen {
+            if x.targets == 0 {
+                s += "  no masks to score (text-only answers)"
+                if gen { s += "  exact \(f(x.exactMatch))" }
+            } else if gen {
                 s += "  gIoU \(f(x.gIoU)) cIoU \(f(x.cIoU)) (faithful) | gIoU \(f(x.gIoUClean)) cIoU \(f(x.cIoUClean)) (clean)"
                 s += "  exact \(f(x.exactMatch))  named \(f(x.targetsNamed))"
                 if x.tokenLimit > 0 { s += "  token-limit \(x.tokenLimit)" }

@@ -126,6 +126,92 @@ final class QueryGroundingTests: XCTestCase {
     }
 }
 
+final class QueryAppearanceTests: XCTestCase {
+    func testDescriptorByHand() {
+        // an 8 x 8 input holding an 8 x 8 image; the target is the 2 x 2 block x 2...3, y 4...5
+        let S = 8
+        var pixels = [Float](repeating: 0, count: 3 * S * S)
+        for c in 0..<3 { for i in 0..<(S * S) { pixels[c * S * S + i] = Float(c + 1) * Float(i % 7) } }
+        var mask = [Float](repeating: 0, count: S * S)
+        let cells = [(4, 2), (4, 3), (5, 2), (5, 3)]
+        for (y, x) in cells { mask[y * S + x] = 1 }
+        let f = pixels.withUnsafeBufferPointer {
+            QueryAppearance.descriptor(mask: mask, height: S, width: S, pixels: $0.baseAddress!, input: S, valid: (S, S), stride: 1)
+        }
+        XCTAssertEqual(f.count, QueryAppearance.size)
+        for c in 0..<3 {
+            let mean = cells.map { Float(c + 1) * Float(($0.0 * S + $0.1) % 7) }.reduce(0, +) / 4
+            XCTAssertEqual(f[c], mean, accuracy: 1e-6)
+        }
+        XCTAssertEqual(f[3], 4 * (4.0 / 64).squareRoot(), accuracy: 1e-6)   // 4 sqrt(area fraction)
+        XCTAssertEqual(f[4], 1, accuracy: 1e-6)                              // fills its box
+
+        // a 4 x 4 original image resized into the top half (valid 4 x 8) of the 8 x 8 input: the original's right half
+        // column 2...3 maps to input columns 4...7; a triangle-ish target fills half of its box
+        var small = [Float](repeating: 0, count: 16)
+        small[0 * 4 + 2] = 1; small[0 * 4 + 3] = 1; small[1 * 4 + 3] = 1
+        let g = pixels.withUnsafeBufferPointer {
+            QueryAppearance.descriptor(mask: small, height: 4, width: 4, pixels: $0.baseAddress!, input: S, valid: (4, 8), stride: 1)
+        }
+        // input pixels (y 0, x 4...7) and (y 1, x 6...7)... rows: original y = (sy + 0.5) * 4 / 4 -> sy 0 -> 0, sy 1 -> 1
+        let members = [(0, 4), (0, 5), (0, 6), (0, 7), (1, 6), (1, 7)]
+        XCTAssertEqual(g[0], members.map { Float(($0.0 * S + $0.1) % 7) }.reduce(0, +) / 6, accuracy: 1e-6)
+        XCTAssertEqual(g[3], 4 * (6.0 / 32).squareRoot(), accuracy: 1e-6)
+        XCTAssertEqual(g[4], 2 * 6.0 / 8 - 1, accuracy: 1e-6)                // 6 of its 4 x 2 box
+
+        // sampled every 2nd pixel: the block x 2...3, y 4...5 keeps one sample (2, 4) of the 16
+        let h = pixels.withUnsafeBufferPointer {
+            QueryAppearance.descriptor(mask: mask, height: S, width: S, pixels: $0.baseAddress!, input: S, valid: (S, S), stride: 2)
+        }
+        XCTAssertEqual(h[0], Float((4 * S + 2) % 7), accuracy: 1e-6)
+        XCTAssertEqual(h[3], 4 * (1.0 / 16).squareRoot(), accuracy: 1e-6)
+        XCTAssertEqual(h[4], 1, accuracy: 1e-6)
+
+        // an empty target gives zeros, never a division by zero
+        let z = pixels.withUnsafeBufferPointer {
+            QueryAppearance.descriptor(mask: [Float](repeating: 0, count: 64), height: S, width: S, pixels: $0.baseAddress!,
+                                       input: S, valid: (S, S))
+        }
+        XCTAssertEqual(z, [Float](repeating: 0, count: QueryAppearance.size))
+    }
+
+    func testLossValueAndGradient() {
+        // the projection: fixed (same values every call), N(0, 1/size) entries, C/2 rows
+        let P = QueryAppearance.projection(channels: 64), D = QueryAppearance.size
+        XCTAssertEqual(P.count, 32 * D)
+        XCTAssertEqual(P, QueryAppearance.projection(channels: 64))
+        let meanSquare = P.reduce(0) { $0 + Double($1 * $1) } / Double(P.count)
+        XCTAssertEqual(meanSquare, 1 / Double(D), accuracy: 0.35 / Double(D))
+        // targets P f, by hand for a one-hot and a general descriptor
+        let onehot: [Float] = [0, 0, 1, 0, 0]
+        XCTAssertEqual(QueryAppearance.targets([onehot], channels: 64)[0], (0..<32).map { P[$0 * D + 2] })
+
+        // K = 1, L = 2, C = 8: only the first 4 channels count; mean over the 8 (level, channel) terms
+        let q = Tensor((0..<16).map { Float($0) / 10 }, shape: [1, 2, 8], requiresGrad: true)
+        let f: [Float] = [0.5, -1, 0.25, 1, 0.5]
+        let P8 = QueryAppearance.projection(channels: 8)
+        var expected = 0.0
+        for l in 0..<2 {
+            for c in 0..<4 {
+                var t = 0.0
+                for d in 0..<D { t += Double(P8[c * D + d]) * Double(f[d]) }
+                let v = Double(l * 8 + c) / 10 - t
+                expected += v * v
+            }
+        }
+        XCTAssertEqual(Double(QueryAppearance.loss(queries: q, descriptors: [f]).item), expected / 8, accuracy: 1e-5)
+
+        var rng = RNG(seed: 9)
+        let qs = Tensor((0..<(3 * 2 * 10)).map { _ in rng.normal() }, shape: [3, 2, 10], requiresGrad: true)
+        let ds = (0..<3).map { _ in (0..<D).map { _ in rng.normal() } }
+        let r = GradCheckLite.run([qs], tol: 5e-3) { QueryAppearance.loss(queries: $0[0], descriptors: ds) }
+        XCTAssertTrue(r.isEmpty, r.joined(separator: "; "))
+        let g = qs.grad!.toArray()
+        XCTAssertEqual(g[5..<10].map { $0 }, [Float](repeating: 0, count: 5), "channels C/2 ..< C are free")
+        XCTAssertNotEqual(g[0], 0)
+    }
+}
+
 /// A small central-difference checker for scalar-valued functions (the refinement weights are piecewise
 /// constant in the logits, so elements within 1e-2 of a sign change are skipped).
 enum GradCheckLite {

@@ -196,7 +196,7 @@ final class TrainRunTests: XCTestCase {
     /// The auxiliary query losses (separation, grounding) are normalised by the global mask count like the mask
     /// losses: 2 ranks give the weights of 1; both terms are logged and move the weights.
     func testAuxiliaryQueryLossesAreRankIndependent() throws {
-        let aux = ["--query-separation-weight", "0.5", "--query-grounding-weight", "0.5"]
+        let aux = ["--query-separation-weight", "0.5", "--query-grounding-weight", "0.5", "--query-appearance-weight", "0.25"]
         try train(try common("aux-n1", steps: 8, bs: 2, ga: 2, extra: aux))
         try train(try common("aux-n2", steps: 8, bs: 2, ga: 1, extra: aux + ["--zero-stage", "2"]), ranks: 2)
         let (d, worst) = Self.relDiffWhere(Self.split(try Self.weights("aux-n2")).1, Self.split(try Self.weights("aux-n1")).1)
@@ -207,10 +207,12 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(lines.count, 8)
         XCTAssertTrue(lines.contains { ($0["separation"] as? Double ?? 0) > 0 }, "separation logged")
         XCTAssertTrue(lines.contains { ($0["grounding"] as? Double ?? 0) > 0 }, "grounding logged")
+        XCTAssertTrue(lines.allSatisfy { ($0["appearance"] as? Double ?? 0) > 0 }, "appearance logged")
         // the terms are in the loss: the total exceeds the reference's three terms by weight x term
         for l in lines {
             let base = (l["ce"] as! Double) + 2 * (l["bce"] as! Double) + 0.5 * (l["dice"] as! Double)
-            XCTAssertEqual(l["loss"] as! Double, base + 0.5 * (l["separation"] as! Double) + 0.5 * (l["grounding"] as! Double), accuracy: 1e-9)
+            XCTAssertEqual(l["loss"] as! Double, base + 0.5 * (l["separation"] as! Double) + 0.5 * (l["grounding"] as! Double)
+                           + 0.25 * (l["appearance"] as! Double), accuracy: 1e-9)
         }
         try train(try common("aux-off", steps: 8, bs: 2, ga: 2))
         XCTAssertGreaterThan(Self.relDiff(try Self.weights("aux-off"), try Self.weights("aux-n1")), 1e-4, "the auxiliary losses change the update")
@@ -358,6 +360,10 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(evals.map { $0["step"] as! Int }, [2, 2, 4, 4])
         XCTAssertEqual(evals.map { $0["eval_dataset"] as! String }, ["MultiReasonSeg|val", "refcoco|unc|val", "MultiReasonSeg|val", "refcoco|unc|val"])
         XCTAssertNotNil(evals[0]["gIoU_clean"], "MUSE reports the clean reading too")
+        // per kind: the kinds with masks have a gIoU, the text-only kinds (nothing to score) none
+        let kinds = evals[0].keys.filter { $0.hasPrefix("gIoU_") && $0 != "gIoU_clean" }
+        XCTAssertFalse(kinds.isEmpty, "per-kind figures")
+        XCTAssertTrue(Set(kinds).isDisjoint(with: ["gIoU_counting", "gIoU_text"]), "a text-only kind has no masks to score: \(kinds)")
         let muse = evals.filter { $0["eval_dataset"] as! String == "MultiReasonSeg|val" }
         let bestData = try Data(contentsOf: URL(fileURLWithPath: run + "/best.json"))
         let best = try XCTUnwrap(try JSONSerialization.jsonObject(with: bestData) as? [String: Any])
