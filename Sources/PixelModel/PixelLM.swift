@@ -346,6 +346,10 @@ public final class PixelLMForCausalLM: Module {
                     k0 += k
                 }
             }
+            // the queries of some of those rows (all of allQueries when they are all its rows, in order)
+            func picked(_ rs: [Int]) -> Tensor {
+                rs == Array(0..<allQueries.dim(0)) ? allQueries : concat(rs.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
+            }
             if let temperature = options.groundingTemperature {
                 // each supervised target's query against the image's distinct target regions on E's grid
                 var kept: [Int] = [], regions: [[Float]] = [], group: [Int] = [], masks: [[Float]] = []
@@ -364,8 +368,7 @@ public final class PixelLMForCausalLM: Module {
                     kept.append(row)
                 }
                 if regions.count > 1 {
-                    let picked = concat(kept.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
-                    let l = QueryGrounding.loss(queries: picked, embeddings: E, regions: regions, group: group, temperature: temperature)
+                    let l = QueryGrounding.loss(queries: picked(kept), embeddings: E, regions: regions, group: group, temperature: temperature)
                     grounding = grounding.map { $0 + l } ?? l
                     groundingTerms += kept.count * allQueries.dim(1)
                 }
@@ -376,16 +379,14 @@ public final class PixelLMForCausalLM: Module {
                 let descriptors = gts.map {
                     QueryAppearance.descriptor(mask: $0, height: H, width: W, pixels: base, input: S, valid: batch.validSizes[b])
                 }
-                let picked = rows.count == allQueries.dim(0) ? allQueries : concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
-                let l = QueryAppearance.loss(queries: picked, descriptors: descriptors)
+                let l = QueryAppearance.loss(queries: picked(rows), descriptors: descriptors)
                 appearance = appearance.map { $0 + l } ?? l
                 appearanceTargets += rows.count
             }
             if let margin = options.separationMargin {
                 let pairs = QuerySeparation.differingPairs(gts)
                 if !pairs.isEmpty {
-                    let picked = rows.count == allQueries.dim(0) ? allQueries : concat(rows.map { allQueries.slice(axis: 0, $0, $0 + 1) }, axis: 0)
-                    let l = QuerySeparation.loss(queries: picked, pairs: pairs, margin: margin)
+                    let l = QuerySeparation.loss(queries: picked(rows), pairs: pairs, margin: margin)
                     separation = separation.map { $0 + l } ?? l
                     separationPairs += pairs.count
                 }
