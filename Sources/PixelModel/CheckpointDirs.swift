@@ -50,15 +50,9 @@ public enum PixelLMModelDirectory {
            let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
             declaresVision = obj["vision_config"] != nil
             tower = obj["mm_vision_tower"] as? String
-            // a relative path is relative to the model directory (a hub name such as "openai/clip-..." is
-            // kept as written: it is only used when it exists as a local directory)
-            if let t = tower, !t.hasPrefix("/") {
-                let rel = (directory as NSString).appendingPathComponent(t)
-                if FileManager.default.fileExists(atPath: rel) { tower = rel }
-            }
         }
         var source = path
-        if !declaresVision, let t = visionTower ?? tower {
+        if !declaresVision, let t = visionTower ?? tower.flatMap({ localVisionTower($0, modelDirectory: directory) }) {
             var dir: ObjCBool = false
             if FileManager.default.fileExists(atPath: t, isDirectory: &dir), dir.boolValue {
                 config.visionConfig = try LLaVABase.visionConfig(t)
@@ -67,6 +61,15 @@ public enum PixelLMModelDirectory {
         }
         try config.validate(file: source)
         return (config, tower)
+    }
+
+    /// config.json's `mm_vision_tower` as a local directory: an absolute path, or a path relative to the model
+    /// directory (never to the current directory, so the result does not depend on where the command runs);
+    /// nil for anything else (a hub name such as "openai/clip-vit-large-patch14-336").
+    public static func localVisionTower(_ tower: String, modelDirectory: String) -> String? {
+        let path = tower.hasPrefix("/") ? tower : (modelDirectory as NSString).appendingPathComponent(tower)
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue ? path : nil
     }
 
     /// The LLaMA linear layers that `.bf16` keeps in bf16, by checkpoint name.
@@ -104,12 +107,11 @@ public enum PixelLMModelDirectory {
         let hasVision = source.names.contains { $0.hasPrefix(PixelLMForCausalLM.visionPrefix + ".") }
         var visionDir = visionTower
         if !hasVision && visionDir == nil {
-            var isDir: ObjCBool = false
-            if let t = mmTower, FileManager.default.fileExists(atPath: t, isDirectory: &isDir), isDir.boolValue {
+            if let t = mmTower.flatMap({ localVisionTower($0, modelDirectory: directory) }) {
                 visionDir = t
             } else {
                 throw CheckpointDirectoryError(file: directory, "the checkpoint has no CLIP vision tower and none was given: pass --vision-tower DIR"
-                    + (mmTower.map { " (config.json's mm_vision_tower '\($0)' is not a local directory)" } ?? ""))
+                    + (mmTower.map { " (config.json's mm_vision_tower '\($0)' is not a directory: an absolute path or one relative to the model directory)" } ?? ""))
             }
         }
         var rng = RNG(seed: 0)

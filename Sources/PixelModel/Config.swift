@@ -129,6 +129,10 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = PixelLMConfig()
+        // the LLaMA sizes have no sensible default: a config.json without them (`{}`) would otherwise become a 7B
+        for k in Self.requiredKeys where !c.contains(k) {
+            throw DecodingError.keyNotFound(k, .init(codingPath: [k], debugDescription: "a LLaMA / PixelLM config.json states it"))
+        }
         func get<T: Decodable>(_ k: CodingKeys, _ def: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? def }
         vocabSize = try get(.vocabSize, d.vocabSize)
         hiddenSize = try get(.hiddenSize, d.hiddenSize)
@@ -156,6 +160,9 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         lora = try c.decodeIfPresent(LoRAConfig.self, forKey: .lora)
     }
 
+    /// Fields every config.json must state (a HF LLaMA config always does).
+    static let requiredKeys: [CodingKeys] = [.vocabSize, .hiddenSize, .intermediateSize, .numHiddenLayers, .numAttentionHeads]
+
     /// Head dim of the LLM.
     public var headDim: Int { hiddenSize / numAttentionHeads }
     /// CLIP grid at the resized input size (32 at 448 px with patch 14).
@@ -180,6 +187,8 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
             throw e
         } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
             throw ConfigError(file: path, message: "field '\(ctx.codingPath.map { $0.stringValue }.joined(separator: "."))': \(ctx.debugDescription)")
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw ConfigError(file: path, message: "field '\(key.stringValue)' is missing (a LLaMA / PixelLM config.json states it)")
         } catch let DecodingError.dataCorrupted(ctx) {
             throw ConfigError(file: path, message: "not valid JSON: \(ctx.debugDescription)")
         } catch {
@@ -190,6 +199,46 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     /// Checks the sizes fit together.
     public func validate(file: String = "config") throws {
         func fail(_ field: String, _ why: String) throws { throw ConfigError(file: file, message: "field '\(field)': \(why)") }
+        // sizes first: a zero divides below, a negative or huge one would size buffers (every product of two sizes
+        // below fits an Int once each is at most 2^24 and the layer counts at most 4096)
+        func size(_ field: String, _ v: Int, max: Int = 1 << 24) throws {
+            if v < 1 || v > max { try fail(field, "\(v) is not a size in 1...\(max)") }
+        }
+        func positive(_ field: String, _ v: Float) throws {
+            if !(v > 0) || !v.isFinite { try fail(field, "\(v) must be a finite number > 0") }
+        }
+        let vc = visionConfig, dc = decoderConfig
+        for (f, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                       ("num_attention_heads", numAttentionHeads), ("num_key_value_heads", numKeyValueHeads),
+                       ("max_position_embeddings", maxPositionEmbeddings), ("mm_hidden_size", mmHiddenSize),
+                       ("resize_vision_tower_size", resizeVisionTowerSize), ("out_dim", outDim),
+                       ("vision_config.hidden_size", vc.hiddenSize), ("vision_config.intermediate_size", vc.intermediateSize),
+                       ("vision_config.num_attention_heads", vc.numAttentionHeads), ("vision_config.image_size", vc.imageSize),
+                       ("vision_config.patch_size", vc.patchSize),
+                       ("decoder_config.prompt_embed_dim", dc.promptEmbedDim), ("decoder_config.mlp_dim", dc.mlpDim),
+                       ("decoder_config.num_heads", dc.numHeads), ("decoder_config.attention_downsample_rate", dc.attentionDownsampleRate),
+                       ("decoder_config.iou_head_hidden_dim", dc.iouHeadHiddenDim), ("decoder_config.mask_in_chans", dc.maskInChans)] {
+            try size(f, v)
+        }
+        for (f, v) in [("num_hidden_layers", numHiddenLayers), ("vision_config.num_hidden_layers", vc.numHiddenLayers),
+                       ("decoder_config.transformer_depth", dc.transformerDepth), ("decoder_config.iou_head_depth", dc.iouHeadDepth),
+                       ("seg_token_num", segTokenNum), ("decoder_config.num_multimask_outputs", dc.numMultimaskOutputs)] {
+            try size(f, v, max: 4096)
+        }
+        if vc.numChannels != 3 { try fail("vision_config.num_channels", "\(vc.numChannels) (RGB images: 3)") }
+        try positive("rms_norm_eps", rmsNormEps)
+        try positive("rope_theta", ropeTheta)
+        try positive("vision_config.layer_norm_eps", vc.layerNormEps)
+        if !(initializerRange >= 0) || !initializerRange.isFinite { try fail("initializer_range", "\(initializerRange) must be a finite number >= 0") }
+        if !["quick_gelu", "gelu"].contains(vc.hiddenAct) { try fail("vision_config.hidden_act", "'\(vc.hiddenAct)' is not quick_gelu or gelu") }
+        if mmVisionSelectLayer >= 0 || mmVisionMidLayer >= 0 {
+            try fail(mmVisionSelectLayer >= 0 ? "mm_vision_select_layer" : "mm_vision_mid_layer",
+                     "must be negative (a hidden state counted from the last, as -2)")
+        }
+        let approxParameters = Double(numHiddenLayers) * (4 * Double(hiddenSize) * Double(hiddenSize) + 3 * Double(hiddenSize) * Double(intermediateSize))
+            + 2 * Double(vocabSize) * Double(hiddenSize)
+            + Double(vc.numHiddenLayers) * (4 * Double(vc.hiddenSize) * Double(vc.hiddenSize) + 2 * Double(vc.hiddenSize) * Double(vc.intermediateSize))
+        if approxParameters > 1e12 { try fail("hidden_size", String(format: "the sizes give about %.3g parameters (more than 1e12)", approxParameters)) }
         if hiddenSize % numAttentionHeads != 0 { try fail("hidden_size", "\(hiddenSize) is not a multiple of num_attention_heads \(numAttentionHeads)") }
         if numAttentionHeads % numKeyValueHeads != 0 { try fail("num_key_value_heads", "\(numKeyValueHeads) does not divide num_attention_heads \(numAttentionHeads)") }
         if visionConfig.hiddenSize % visionConfig.numAttentionHeads != 0 { try fail("vision_config.hidden_size", "not a multiple of its num_attention_heads") }
@@ -203,9 +252,8 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         if !["released", "mean", "learned"].contains(tokenFusion) {
             try fail("token_fusion", "'\(tokenFusion)' is not 'released' (alias 'mean') or 'learned'")
         }
-        let dc = decoderConfig
         if dc.promptEmbedDim % dc.numHeads != 0 { try fail("decoder_config.prompt_embed_dim", "not a multiple of num_heads") }
-        if (dc.promptEmbedDim / dc.attentionDownsampleRate) % dc.numHeads != 0 { try fail("decoder_config.attention_downsample_rate", "internal dim not a multiple of num_heads") }
+        if (dc.promptEmbedDim / dc.attentionDownsampleRate) % dc.numHeads != 0 || dc.promptEmbedDim / dc.attentionDownsampleRate < dc.numHeads { try fail("decoder_config.attention_downsample_rate", "internal dim not a multiple of num_heads") }
         if outDim != dc.promptEmbedDim { try fail("out_dim", "\(outDim) differs from decoder_config.prompt_embed_dim \(dc.promptEmbedDim)") }
         try lora?.validate(file: file)
     }

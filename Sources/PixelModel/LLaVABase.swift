@@ -210,6 +210,8 @@ public enum LLaVABase {
             raw = (try JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:]
         } catch let DecodingError.typeMismatch(_, ctx), let DecodingError.valueNotFound(_, ctx) {
             throw ConfigError(file: configPath, message: "field '\(ctx.codingPath.map { $0.stringValue }.joined(separator: "."))': \(ctx.debugDescription)")
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw ConfigError(file: configPath, message: "field '\(key.stringValue)' is missing (a LLaMA config.json states it)")
         } catch {
             throw ConfigError(file: configPath, message: "not a valid config: \(error)")
         }

@@ -33,6 +33,11 @@ public final class Trainer {
     public private(set) var step = 0
     public private(set) var consumedSamples = 0
     public private(set) var skippedUpdates = 0
+    /// Updates skipped one after the other (non-finite gradient norm) up to the last step.
+    public private(set) var skippedInARow = 0
+    /// Steps (1-based, as printed) whose gradient gets a NaN on rank 0 (PIXELLM_FAULT_NAN_GRADIENT="3,4": a test hook).
+    let faultNaNSteps: Set<Int> = Set((ProcessInfo.processInfo.environment["PIXELLM_FAULT_NAN_GRADIENT"] ?? "")
+        .split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) })
     /// Lines of the metrics log written this process (rank 0), for tests.
     public private(set) var history: [[String: Double]] = []
     public var stopAtStep: Int?
@@ -401,8 +406,9 @@ public final class Trainer {
             optimizer.endMicroBatch()
         }
         let lr = schedule.lr(step: step)
+        if comm.rank == 0 && faultNaNSteps.contains(step + 1) { optimizer.poisonNextUpdate = true }
         let report = optimizer.update(lr: lr, maxGradNorm: options.gradientClipping > 0 ? options.gradientClipping : nil)
-        if report.skipped { skippedUpdates += 1 }
+        if report.skipped { skippedUpdates += 1; skippedInARow += 1 } else { skippedInARow = 0 }
         step += 1
         consumedSamples += globalBatch
         var sums = [ce, bce, dice, separation, grounding, appearance]
@@ -453,6 +459,12 @@ public final class Trainer {
             let m = try trainStep()
             samplesDone += m.samples
             if comm.rank == 0 { try log(m, to: metricsPath, total: total, elapsed: Date().timeIntervalSince(runStart), samples: samplesDone) }
+            // every rank took the same decision (the norm is global), so every rank stops here
+            if options.maxSkippedInARow > 0 && skippedInARow >= options.maxSkippedInARow {
+                throw TrainError.option("--max-skipped-in-a-row", "the last \(skippedInARow) updates (steps \(step - skippedInARow + 1)...\(step)) had a non-finite gradient and were skipped; "
+                    + "the run has diverged or a sample is broken: lower --lr, check the data, or resume from an earlier checkpoint "
+                    + "(the latest checkpoint holds the weights before these steps)")
+            }
             if let e = options.evalSteps, step % e == 0, step < total {
                 try logValidation(metricsPath)
                 try keepBest(try evaluate(metricsPath: comm.rank == 0 ? metricsPath : nil))
@@ -483,8 +495,20 @@ public final class Trainer {
     /// The last validation result (nil before any).
     public private(set) var lastValidation: Validation?
 
+    /// JSON has no NaN or infinity: a non-finite number (the gradient norm of a skipped update, a diverged loss) is
+    /// written as null, so the line that tells about it is written at all.
+    static func jsonSafe(_ v: Any) -> Any {
+        switch v {
+        case let d as Double: return d.isFinite ? d : NSNull()
+        case let f as Float: return f.isFinite ? Double(f) : NSNull()
+        case let o as [String: Any]: return o.mapValues(jsonSafe)
+        case let a as [Any]: return a.map(jsonSafe)
+        default: return v
+        }
+    }
+
     func appendLine(_ line: [String: Any], to path: String) throws {
-        let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys])
+        let data = try JSONSerialization.data(withJSONObject: Self.jsonSafe(line), options: [.sortedKeys])
         if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
         guard let fh = FileHandle(forWritingAtPath: path) else { throw TrainError.file(path, "cannot append to the metrics log") }
         defer { try? fh.close() }

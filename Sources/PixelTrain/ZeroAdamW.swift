@@ -141,9 +141,22 @@ public final class ZeroAdamW {
         public var skipped: Bool
     }
 
+    /// Fault injection (tests, PIXELLM_FAULT_NAN_GRADIENT): the next update finds a NaN in one gradient element of
+    /// this rank, put where the reduction carries it to every rank (before the reduce in stages 0 and 1, in the
+    /// reduced slice in stage 2, whose norm is summed over ranks).
+    public var poisonNextUpdate = false
+
     /// The optimizer step at the accumulation boundary: reduce (stages 0, 1), global norm, clip, AdamW, gather.
     public func update(lr: Float, maxGradNorm: Float?) -> StepReport {
         let L = buckets.layout
+        if poisonNextUpdate {
+            poisonNextUpdate = false
+            if stage == 2 {
+                if let b = reduced.firstIndex(where: { $0.count > 0 }) { reduced[b].ptr[0] = .nan }
+            } else if let b = L.buckets.indices.first {
+                buckets.grads[b].ptr[0] = .nan
+            }
+        }
         // 1. reduce
         let t0 = Date()
         switch stage {

@@ -13,6 +13,14 @@ struct BenchGemm: ParsableCommand {
     @Option(help: "Only shapes whose model name contains this.") var only: String?
     @Flag(help: "Print JSON lines instead of a table.") var json = false
 
+    func validate() throws {
+        if !(minSeconds > 0) || !minSeconds.isFinite || minSeconds > 3600 { throw ValidationError("--min-seconds must be in (0, 3600] (got \(minSeconds))") }
+        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }) {
+            let models = Self.shapes.reduce(into: [String]()) { if !$0.contains($1.model) { $0.append($1.model) } }
+            throw ValidationError("--only '\(only)' matches no shape (models: \(models.joined(separator: ", ")))")
+        }
+    }
+
     struct Shape {
         let model: String, what: String, M: Int, N: Int, K: Int
     }

@@ -23,7 +23,15 @@ struct Chat: ParsableCommand {
     @Option(help: "Teacher-force this answer text first (e.g. \"It is [SEG0][SEG1][SEG2][SEG3][SEG4][SEG5].\"), then continue greedily: referring segmentation with a fixed answer.")
     var forceAnswer: String?
 
+    func validate() throws {
+        if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be >= 1 (got \(maxNewTokens))") }
+        if !(temperature >= 0) || !temperature.isFinite { throw ValidationError("--temperature must be 0 (greedy) or a finite number > 0 (got \(temperature))") }
+        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1] (got \(topP))") }
+    }
+
     func run() throws {
+        // the output directory is checked before the model loads and answers, not after
+        try OutputDirectory.prepare(outDir, option: "--out-dir")
         let rgb = try RGBImage.load(image)
         let t0 = Date()
         let (tok, model, what) = try options.load()
@@ -67,10 +75,12 @@ struct Chat: ParsableCommand {
             print("  [\(k + 1)] \(paths[k]) (\(m.width)x\(m.height), \(area) px)")
         }
         print("  overlay: \(paths.last!)")
-        let perTok = r.decodeSteps > 0 ? r.decodeSeconds / Double(r.decodeSteps) : .nan
-        print(String(format: "vision %.2f s, prefill %.2f s (%d positions), %d tokens, %.3f s/token (%.2f tokens/s) decode, peak RSS %.2f GB",
-                     r.visionSeconds, r.prefillSeconds, r.prefillLength, r.tokens.count, perTok, 1 / perTok, peakRSSGB())
-              + (r.stoppedAtEOS ? " (EOS)" : " (token limit)"))
+        // one new token comes from the prefill itself: decode steps can be 0 (an answer of one token)
+        let decode = r.decodeSteps > 0
+            ? String(format: "%.3f s/token (%.2f tokens/s) decode", r.decodeSeconds / Double(r.decodeSteps), Double(r.decodeSteps) / r.decodeSeconds)
+            : "no decode steps"
+        print(String(format: "vision %.2f s, prefill %.2f s (%d positions), %d tokens, ", r.visionSeconds, r.prefillSeconds, r.prefillLength, r.tokens.count)
+              + decode + String(format: ", peak RSS %.2f GB", peakRSSGB()) + (r.stoppedAtEOS ? " (EOS)" : " (token limit)"))
     }
 
     /// The answer with its SEG groups numbered (shared with `pixellm eval`).

@@ -14,6 +14,11 @@ struct Demo: ParsableCommand {
     @Option(help: "Learning rate.") var lr: Float = 0.01
     @Option(help: "Random seed.") var seed: UInt64 = 0
 
+    func validate() throws {
+        if steps < 1 || steps > 1_000_000 { throw ValidationError("--steps must be in 1...1000000 (got \(steps))") }
+        if !(lr > 0) || !lr.isFinite { throw ValidationError("--lr must be a finite number > 0 (got \(lr))") }
+    }
+
     func run() throws {
         var rng = RNG(seed: seed)
         let n = 512

@@ -12,6 +12,10 @@ struct Doctor: ParsableCommand {
     @Option(help: "Repetitions of the 1024x1024x4096 sgemm.") var reps = 5
     @Flag(help: "Fail (exit 1) when OpenBLAS runs a generic fallback core.") var strict = false
 
+    func validate() throws {
+        if reps < 1 || reps > 10_000 { throw ValidationError("--reps must be in 1...10000 (got \(reps))") }
+    }
+
     func run() throws {
         let comm = Communicators.make()
         let info = BLAS.info

@@ -31,6 +31,7 @@ struct Eval: ParsableCommand {
         if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be >= 1") }
         if points < 1 { throw ValidationError("--points must be >= 1") }
         if let l = limit, l < 1 { throw ValidationError("--limit must be >= 1") }
+        if saveMasksCount < 0 { throw ValidationError("--save-masks-count must be >= 0") }
     }
 
     /// The model and tokenizer: a training checkpoint / run directory, else what ModelOptions loads.
@@ -48,6 +49,9 @@ struct Eval: ParsableCommand {
     func run() throws {
         runOnRanks("eval") { comm in
             let datasets = try EvalDataset.parse(valDataset)
+            // outputs are checked before the model loads and the evaluation runs, not after
+            if let out { try OutputDirectory.prepareFile(out, option: "--out") }
+            if let saveMasks { try OutputDirectory.prepare(saveMasks, option: "--save-masks") }
             let (tok, model, what, tokName) = try loadModel()
             var o = EvalOptions()
             o.maxNewTokens = maxNewTokens

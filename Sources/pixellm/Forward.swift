@@ -24,6 +24,17 @@ struct ModelOptions: ParsableArguments {
         if (model == nil) == (randomWeights == nil) { throw ValidationError("give exactly one of --model and --random-weights") }
         if let p = precision, WeightPrecision(rawValue: p) == nil { throw ValidationError("--precision must be f32 or bf16") }
         if randomWeights != nil && tokenizer == nil { throw ValidationError("--random-weights needs --tokenizer DIR") }
+        for (option, path) in [("--model", model), ("--tokenizer", tokenizer), ("--vision-tower", visionTower)] {
+            guard let path else { continue }
+            var isDir: ObjCBool = false
+            if !FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
+                throw ValidationError("\(option) \(path): no such directory")
+            }
+            // RUN/latest and RUN/best are files that name a training checkpoint (eval takes them)
+            if !isDir.boolValue && !(option == "--model" && (try? TrainCheckpoint.resolve(path)) != nil) {
+                throw ValidationError("\(option) \(path): a file, not a directory (a model directory holds config.json, the weights and the tokenizer files)")
+            }
+        }
     }
 
     func loadTokenizer() throws -> Tokenizer {
@@ -68,9 +79,13 @@ struct ModelOptions: ParsableArguments {
     /// The model and a line describing what was loaded.
     func loadModel(segTokenIds: [Int]) throws -> (PixelLMForCausalLM, String) {
         if let r = randomWeights {
-            var dir = r
-            if !FileManager.default.fileExists(atPath: (dir as NSString).appendingPathComponent("config.json")) { dir = "configs/" + r }
+            // a directory, a config.json, or a name under configs/ (found from the current directory or the checkout
+            // the executable was built in, so it works from anywhere)
+            let dir = (try BenchModel.configPath(r) as NSString).deletingLastPathComponent
             let (config, _) = try PixelLMModelDirectory.readConfig(dir)
+            if let bad = segTokenIds.first(where: { $0 < 0 || $0 >= config.vocabSize }) {
+                throw ValidationError("\(dir)/config.json: vocab_size \(config.vocabSize) has no row for SEG token id \(bad) of the tokenizer \(tokenizer ?? "")")
+            }
             let p = WeightPrecision(rawValue: precision ?? "bf16")!
             let m = PixelLMModelDirectory.hashedModel(config: config, segTokenIds: segTokenIds, precision: p)
             return (m, "BENCHMARK weights (hashed, meaningless) for \(dir)/config.json, LLaMA matrices in \(p.rawValue)")

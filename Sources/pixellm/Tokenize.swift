@@ -46,6 +46,9 @@ struct Tokenize: ParsableCommand {
                       let ids = try? JSONSerialization.jsonObject(with: data) as? [Int] else {
                     throw ValidationError("\(file ?? "--text") line \(n + 1): not a JSON array of integers")
                 }
+                if let bad = ids.first(where: { $0 < 0 || $0 >= tok.vocabSize }) {
+                    throw ValidationError("\(file ?? "--text") line \(n + 1): id \(bad) is outside the vocabulary (0..<\(tok.vocabSize), \(tokenizer))")
+                }
                 let out = tok.decode(ids, skipSpecial: skipSpecial)
                 let json = try JSONSerialization.data(withJSONObject: [out], options: [.withoutEscapingSlashes])
                 // print the decoded text as a JSON string so newlines and spaces stay visible

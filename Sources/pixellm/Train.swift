@@ -35,6 +35,7 @@ struct Train: ParsableCommand {
     @Option(name: both("beta1"), help: "Default 0.9.") var beta1: Float?
     @Option(name: both("beta2"), help: "Default 0.95.") var beta2: Float?
     @Option(name: both("gradient-clipping"), help: "Max global gradient norm (default 1.0; 0: off).") var gradientClipping: Float?
+    @Option(name: both("max-skipped-in-a-row"), help: "Stop when this many updates in a row are skipped for a non-finite gradient (default 8; 0: never).") var maxSkippedInARow: Int?
     @Option(name: both("ce-loss-weight"), help: "Default 1.0.") var ceLossWeight: Float?
     @Option(name: both("bce-loss-weight"), help: "Default 2.0.") var bceLossWeight: Float?
     @Option(name: both("dice-loss-weight"), help: "Default 0.5.") var diceLossWeight: Float?
@@ -82,7 +83,7 @@ struct Train: ParsableCommand {
         set(numClassesPerQuestion, \.numClassesPerQuestion); set(batchSize, \.batchSize)
         set(gradAccumulationSteps, \.gradAccumulationSteps); set(lr, \.lr); set(epochs, \.epochs)
         set(stepsPerEpoch, \.stepsPerEpoch); set(warmupSteps, \.warmupSteps); set(weightDecay, \.weightDecay)
-        set(beta1, \.beta1); set(beta2, \.beta2); set(gradientClipping, \.gradientClipping)
+        set(beta1, \.beta1); set(beta2, \.beta2); set(gradientClipping, \.gradientClipping); set(maxSkippedInARow, \.maxSkippedInARow)
         set(ceLossWeight, \.ceLossWeight); set(bceLossWeight, \.bceLossWeight); set(diceLossWeight, \.diceLossWeight)
         set(zeroStage, \.zeroStage); set(seed, \.seed); set(logBaseDir, \.logBaseDir); set(expName, \.expName)
         set(saveSteps, \.saveSteps); setOpt(saveTotalLimit, \.saveTotalLimit); setOpt(maxSteps, \.maxSteps)
@@ -176,7 +177,7 @@ struct ConsolidateCommand: ParsableCommand {
     static func parseSize(_ s: String) throws -> Int {
         let u = s.uppercased()
         for (suffix, f) in [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)] where u.hasSuffix(suffix) {
-            if let v = Double(u.dropLast(suffix.count)), v > 0 { return Int(v * Double(f)) }
+            if let v = Double(u.dropLast(suffix.count)), v > 0, v * Double(f) < 0x1p60 { return Int(v * Double(f)) }
         }
         if let v = Int(u), v > 0 { return v }
         throw ValidationError("--max-shard-size: '\(s)' is not a size such as 5GB or 500MB")

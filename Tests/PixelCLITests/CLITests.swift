@@ -21,12 +21,13 @@ final class CLITests: XCTestCase {
 
     struct Run { var status: Int32; var out: String; var err: String; var signalled: Bool }
 
-    func run(_ args: [String], stdin: String? = nil) throws -> Run { try Self.runBinary(args, stdin: stdin) }
+    func run(_ args: [String], stdin: String? = nil, cwd: String? = nil) throws -> Run { try Self.runBinary(args, stdin: stdin, cwd: cwd) }
 
-    static func runBinary(_ args: [String], stdin: String? = nil) throws -> Run {
+    static func runBinary(_ args: [String], stdin: String? = nil, cwd: String? = nil) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = args
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
         let o = Pipe(), e = Pipe(), i = Pipe()
         p.standardOutput = o
         p.standardError = e
@@ -193,5 +194,56 @@ final class CLITests: XCTestCase {
         try #"{"version": "1.0", "model": {"type": "WordPiece", "vocab": {"a": 0}}, "added_tokens": []}"#
             .write(toFile: tk + "/tokenizer.json", atomically: true, encoding: .utf8)
         try expectError(["chat", "--model", tk, "--vision-tower", Self.sub("clip"), "--image", img, "--prompt", "x"], [tk, "WordPiece"])
+    }
+
+    /// The inputs issue 13 found "as a new user would": each is a clear error naming the option, field or file,
+    /// before any work, never a signal or a hang.
+    func testNewUserMistakesAreNamedErrors() throws {
+        func expectError(_ args: [String], _ mentions: [String], cwd: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
+            let r = try run(args, cwd: cwd)
+            XCTAssertFalse(r.signalled, "crashed: \(r.err)", file: file, line: line)
+            XCTAssertEqual(r.status, r.status == 0 ? 1 : r.status, file: file, line: line)
+            XCTAssertNotEqual(r.status, 0, "\(args) succeeded: \(r.out)", file: file, line: line)
+            for m in mentions { XCTAssertTrue(r.err.contains(m), "\(args): stderr '\(r.err)' does not mention '\(m)'", file: file, line: line) }
+        }
+        let img = Self.sub("image.png"), model = Self.sub("st-f32")
+        let chat = ["chat", "--model", model, "--image", img, "--prompt", "Where is the cat?"]
+        try expectError(["demo", "--steps=-5"], ["--steps"])
+        try expectError(chat + ["--max-new-tokens", "0"], ["--max-new-tokens"])
+        try expectError(chat + ["--temperature", "-1"], ["--temperature"])
+        try expectError(chat + ["--top-p", "5"], ["--top-p"])
+        try expectError(["bench", "gemm", "--only", "nosuchmodel"], ["nosuchmodel", "llama-7b"])
+        try expectError(["doctor", "--reps", "0"], ["--reps"])
+        try expectError(["tokenize", "--tokenizer", model, "--decode", "--text", "[1, 99999]"], ["99999", "outside the vocabulary"])
+        // --out-dir naming a file fails before the model answers (no "answer:" line)
+        let aFile = Self.temp("outfile")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: aFile))
+        let r = try run(chat + ["--out-dir", aFile])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("--out-dir") && r.err.contains("not a directory"), r.err)
+        XCTAssertFalse(r.out.contains("answer:"), "the check came after generating: \(r.out)")
+        // --model naming an image
+        try expectError(["chat", "--model", img, "--image", img, "--prompt", "x"], ["--model", img, "not a directory"])
+        // config.json fields that used to kill the process (SIGFPE, SIGSEGV) or silently become a 7B
+        for (field, value) in [("num_attention_heads", "0"), ("hidden_size", "-32"), ("num_hidden_layers", "-1")] {
+            let dir = Self.temp("cfg-\(field)")
+            try FileManager.default.copyItem(atPath: model, toPath: dir)
+            let cfgPath = dir + "/config.json"
+            var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cfgPath))) as! [String: Any]
+            cfg[field] = Int(value)!
+            try JSONSerialization.data(withJSONObject: cfg).write(to: URL(fileURLWithPath: cfgPath))
+            try expectError(["chat", "--model", dir, "--vision-tower", Self.sub("clip"), "--image", img, "--prompt", "x"], [cfgPath, field])
+        }
+        let empty = Self.temp("cfg-empty")
+        try FileManager.default.copyItem(atPath: model, toPath: empty)
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: empty + "/config.json"))
+        try expectError(["chat", "--model", empty, "--vision-tower", Self.sub("clip"), "--image", img, "--prompt", "x"],
+                        [empty + "/config.json", "vocab_size", "missing"])
+        // --random-weights NAME finds configs/NAME from any directory (here a fresh temporary one); this tokenizer's
+        // SEG ids (1503...) have no rows in tiny's 128-id vocabulary, which is said instead of indexing past the table
+        let elsewhere = Self.temp("cwd")
+        try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+        try expectError(["forward", "--random-weights", "tiny", "--tokenizer", model, "--image", img, "--prompt", "x",
+                         "--dump", elsewhere + "/d.safetensors"], ["configs/tiny/config.json", "vocab_size 128", "SEG token id"], cwd: elsewhere)
     }
 }

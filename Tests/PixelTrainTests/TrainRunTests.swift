@@ -218,6 +218,33 @@ final class TrainRunTests: XCTestCase {
         XCTAssertGreaterThan(Self.relDiff(try Self.weights("aux-off"), try Self.weights("aux-n1")), 1e-4, "the auxiliary losses change the update")
     }
 
+    /// A NaN in one rank's gradient (PIXELLM_FAULT_NAN_GRADIENT, rank 0) skips that update on every rank (ZeRO
+    /// stages 0 and 2), is logged and counted, and training goes on; K skipped updates in a row stop the job with
+    /// a message naming the steps.
+    func testNonFiniteGradientIsSkippedAndRepeatedOnesStopTheRun() throws {
+        func lines(_ name: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: Self.runDir(name) + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }.filter { $0["loss"] != nil }
+        }
+        for stage in ["0", "2"] {
+            let name = "nan-z\(stage)"
+            try train(try common(name, steps: 6, bs: 1, ga: 2, extra: ["--zero-stage", stage]), ranks: 2,
+                      mpiExtra: ["-x", "PIXELLM_FAULT_NAN_GRADIENT=3"])
+            let l = try lines(name)
+            XCTAssertEqual(l.count, 6, name)
+            XCTAssertEqual(l.map { $0["skipped"] as? Bool ?? false }, [false, false, true, false, false, false], name)
+            XCTAssertEqual(l.last?["skipped_total"] as? Int, 1, name)
+            XCTAssertTrue(l[2]["grad_norm"] is NSNull, "\(name): a non-finite norm is logged as null (JSON has no NaN)")
+            XCTAssertTrue(l.allSatisfy { ($0["loss"] as? Double)?.isFinite ?? false }, "\(name): the weights stayed finite")
+        }
+        let r = try Self.mpi(2, try common("nan-stop", steps: 10, bs: 1, ga: 2, extra: ["--max-skipped-in-a-row", "3"]),
+                             extra: ["-x", "PIXELLM_FAULT_NAN_GRADIENT=2,3,4"])
+        XCTAssertNotEqual(r.status, 0, r.out)
+        XCTAssertTrue(r.err.contains("--max-skipped-in-a-row") && r.err.contains("steps 2...4"), r.err)
+        XCTAssertEqual(try lines("nan-stop").count, 4, "the run stopped at the third skipped update in a row")
+    }
+
     // MARK: (b), (c)
 
     func testStoppedAndResumedRunEqualsAnUninterruptedOne() throws {

@@ -1,0 +1,32 @@
+import ArgumentParser
+import Foundation
+
+/// Output directories named on the command line are checked (and created) before any work, so a typo or a
+/// read-only place fails at once with the option's name instead of after minutes of loading and generating.
+enum OutputDirectory {
+    static func prepare(_ path: String, option: String) throws {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: path, isDirectory: &isDir) {
+            if !isDir.boolValue { throw ValidationError("\(option) \(path): exists and is a file, not a directory") }
+        } else {
+            do {
+                try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
+            } catch {
+                let reason = (error as NSError).userInfo[NSUnderlyingErrorKey].map { "\($0)" } ?? error.localizedDescription
+                throw ValidationError("\(option) \(path): cannot create the directory (\(reason))")
+            }
+        }
+        if !fm.isWritableFile(atPath: path) { throw ValidationError("\(option) \(path): the directory is not writable") }
+    }
+
+    /// A file to be written: not a directory, and its directory exists (or is created) and is writable.
+    static func prepareFile(_ path: String, option: String) throws {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
+            throw ValidationError("\(option) \(path): is a directory, not a file")
+        }
+        let parent = (path as NSString).deletingLastPathComponent
+        try prepare(parent.isEmpty ? "." : parent, option: option)
+    }
+}
