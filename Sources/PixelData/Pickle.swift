@@ -124,9 +124,12 @@ public enum PlainPickle {
 
 // MARK: - the machine
 
-private final class ListBox { var items: [Node] = [] }
+// Containers carry their nesting depth (1 + the deepest container inside), bounded by PlainPickle.maxDepth while
+// the machine runs, so no structure is ever deep enough for a recursive walk or release to exhaust the stack.
+private final class ListBox { var items: [Node] = []; var depth = 1 }
 
 private final class DictBox {
+    var depth = 1
     var keys: [PickleValue] = []
     var values: [Node] = []
     var index: [PickleValue: Int] = [:]
@@ -143,7 +146,7 @@ private enum Node {
     case value(PickleValue)
     case list(ListBox)
     case dict(DictBox)
-    case tuple([Node])
+    case tuple([Node], depth: Int)
 }
 
 private struct Unpickler {
@@ -223,20 +226,28 @@ private struct Unpickler {
         return v
     }
 
-    func makeTuple(_ items: [Node]) -> Node {
-        var vals: [PickleValue] = []
+    func makeTuple(_ items: [Node]) throws -> Node { .tuple(items, depth: try nesting(items)) }
+
+    /// 1 + the deepest of `items` (a plain value counts 1); an error past PlainPickle.maxDepth.
+    func nesting(_ items: [Node]) throws -> Int {
+        var d = 0
         for n in items {
-            guard case .value(let v) = n else { return .tuple(items) }
-            vals.append(v)
+            switch n {
+            case .value: d = max(d, 1)
+            case .tuple(_, let k): d = max(d, k)
+            case .list(let box): d = max(d, box.depth)
+            case .dict(let box): d = max(d, box.depth)
+            }
         }
-        return .value(.tuple(vals))
+        guard d < PlainPickle.maxDepth else { throw fail("nesting deeper than \(PlainPickle.maxDepth) levels") }
+        return d + 1
     }
 
     /// A dict key: hashable (no list or dict inside).
     func key(_ n: Node) throws -> PickleValue {
         switch n {
         case .value(let v): return v
-        case .tuple(let items): return .tuple(try items.map { try key($0) })
+        case .tuple(let items, _): return .tuple(try items.map { try key($0) })
         case .list: throw fail("unhashable dict key (a list)")
         case .dict: throw fail("unhashable dict key (a dict)")
         }
@@ -353,12 +364,14 @@ private struct Unpickler {
 
     mutating func appendTo(_ target: Node, _ items: [Node]) throws {
         guard case .list(let box) = target else { throw fail("appends to a non-list") }
+        box.depth = max(box.depth, try nesting(items))
         box.items.append(contentsOf: items)
     }
 
     mutating func setItems(_ target: Node, _ items: [Node]) throws {
         guard case .dict(let box) = target else { throw fail("sets items of a non-dict") }
         guard items.count % 2 == 0 else { throw fail("odd number of items (\(items.count)) for key/value pairs") }
+        box.depth = max(box.depth, try nesting(items))
         for k in stride(from: 0, to: items.count, by: 2) { box.set(try key(items[k]), items[k + 1]) }
     }
 
@@ -434,13 +447,13 @@ private struct Unpickler {
             case 0x7d: push(.dict(DictBox()))
             case 0x29: push(.value(.tuple([])))
             case 0x6c: // LIST
-                let box = ListBox(); box.items = try popMark(); push(.list(box))
-            case 0x74: push(makeTuple(try popMark()))
+                let box = ListBox(); box.items = try popMark(); box.depth = try nesting(box.items); push(.list(box))
+            case 0x74: push(try makeTuple(try popMark()))
             case 0x85, 0x86, 0x87:
                 let n = Int(op - 0x84)
                 var items: [Node] = []
                 for _ in 0..<n { items.insert(try pop(), at: 0) }
-                push(makeTuple(items))
+                push(try makeTuple(items))
             case 0x64: // DICT
                 let items = try popMark()
                 let d = Node.dict(DictBox())
@@ -504,7 +517,7 @@ private struct Unpickler {
         }
         switch n {
         case .value(let v): return v
-        case .tuple(let items):
+        case .tuple(let items, _):
             return .tuple(try items.map { try value(of: $0, depth: depth + 1, budget: &budget, active: &active) })
         case .list(let box):
             let id = ObjectIdentifier(box)

@@ -540,9 +540,29 @@ public struct ShardManifest: Codable, Equatable, Sendable {
         guard let d = FileManager.default.contents(atPath: p) else {
             throw ShardError(file: p, "no manifest (not a shard directory written by `pixellm prepare`, or the run did not finish)")
         }
-        do { return try JSONDecoder().decode(ShardManifest.self, from: d) } catch {
+        let m: ShardManifest
+        do { m = try JSONDecoder().decode(ShardManifest.self, from: d) } catch {
             throw ShardError(file: p, "manifest does not decode: \(error)")
         }
+        guard m.format == ShardFormat.name else { throw ShardError(file: p, "format '\(m.format)' is not '\(ShardFormat.name)'") }
+        guard m.formatVersion == ShardFormat.version else {
+            throw ShardError(file: p, "format version \(m.formatVersion), this build reads version \(ShardFormat.version)")
+        }
+        var total = 0
+        for sh in m.shards {
+            // a shard file is a plain name in this directory (never ../ or an absolute path)
+            guard !sh.file.isEmpty, !sh.file.contains("/"), sh.file != "..", sh.file != "." else {
+                throw ShardError(file: p, "shard file '\(sh.file)' is not a plain file name in the shard directory")
+            }
+            guard sh.samples >= 0, sh.samples <= 1 << 40, sh.skipped >= 0 else {
+                throw ShardError(file: p, "shard '\(sh.file)': \(sh.samples) samples, \(sh.skipped) skipped")
+            }
+            total += sh.samples
+        }
+        guard total == m.totalSamples else {
+            throw ShardError(file: p, "the shards hold \(total) samples in all, total_samples says \(m.totalSamples)")
+        }
+        return m
     }
 }
 

@@ -167,7 +167,7 @@ public struct SynthTokenizer: Sendable {
         case vocabTooSmall(Int, minimum: Int)
         public var description: String {
             switch self {
-            case let .vocabTooSmall(v, m): return "vocab size \(v) is too small: bytes, characters and added tokens need \(m)"
+            case let .vocabTooSmall(v, m): return "--vocab-size \(v) is too small: bytes, characters and added tokens need \(m)"
             }
         }
     }

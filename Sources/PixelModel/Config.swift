@@ -189,11 +189,34 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
             throw ConfigError(file: path, message: "field '\(ctx.codingPath.map { $0.stringValue }.joined(separator: "."))': \(ctx.debugDescription)")
         } catch let DecodingError.keyNotFound(key, _) {
             throw ConfigError(file: path, message: "field '\(key.stringValue)' is missing (a LLaMA / PixelLM config.json states it)")
+        } catch let DecodingError.dataCorrupted(ctx) where !ctx.codingPath.isEmpty {
+            // valid JSON whose value does not fit the field (e.g. "hidden_size": 32.5)
+            throw ConfigError(file: path, message: "field '\(ctx.codingPath.map { $0.stringValue }.joined(separator: "."))': \(ctx.debugDescription)")
         } catch let DecodingError.dataCorrupted(ctx) {
+            // Foundation reports a number that does not fit an Int field ("hidden_size": 32.5) as invalid JSON
+            // without the field: find it
+            if let field = nonIntegerSizeField(data) {
+                throw ConfigError(file: path, message: "field '\(field)': not an integer")
+            }
             throw ConfigError(file: path, message: "not valid JSON: \(ctx.debugDescription)")
         } catch {
             throw ConfigError(file: path, message: "\(error)")
         }
+    }
+
+    /// The first integer field of a config.json (top level, vision_config, decoder_config) holding a fractional
+    /// number, if the data is JSON at all.
+    static func nonIntegerSizeField(_ data: Data) -> String? {
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return nil }
+        let floats: Set<String> = ["rms_norm_eps", "rope_theta", "initializer_range", "layer_norm_eps", "lora_alpha", "lora_dropout"]
+        func scan(_ o: [String: Any], _ prefix: String) -> String? {
+            for (k, v) in o.sorted(by: { $0.key < $1.key }) where !floats.contains(k) {
+                if let n = v as? NSNumber, n.doubleValue.rounded() != n.doubleValue { return prefix + k }
+            }
+            return nil
+        }
+        return scan(obj, "") ?? (obj["vision_config"] as? [String: Any]).flatMap { scan($0, "vision_config.") }
+            ?? (obj["decoder_config"] as? [String: Any]).flatMap { scan($0, "decoder_config.") }
     }
 
     /// Checks the sizes fit together.

@@ -97,10 +97,13 @@ struct TorchTensorRef {
 
 /// Containers are classes: pickles mutate them after memoising them (SETITEMS after BINPUT), and
 /// `dismantle` empties them so deep or cyclic structures are freed without recursion.
-final class PickleTuple { var items: [PickleValue]; init(_ i: [PickleValue]) { items = i } }
-final class PickleList { var items: [PickleValue] = [] }
+/// `depth` (1 + the deepest container inside) is bounded by the unpickler (`Unpickler.maxDepth`), so nothing that walks
+/// or frees a structure can run out of stack.
+final class PickleTuple { var items: [PickleValue]; var depth = 1; init(_ i: [PickleValue]) { items = i } }
+final class PickleList { var items: [PickleValue] = []; var depth = 1 }
 final class PickleDict {
     enum Key: Hashable { case string(String), int(Int64) }
+    var depth = 1
     var keys: [Key] = []
     var values: [PickleValue] = []
     var slot: [Key: Int] = [:]
@@ -252,11 +255,36 @@ struct Unpickler {
     mutating func setItems(_ items: [PickleValue]) throws {
         guard items.count % 2 == 0 else { throw fail("SETITEMS with an odd number of items") }
         guard case .dict(let d) = try top() else { throw unsupported("setting items on a \(try top().kindName)") }
+        d.depth = max(d.depth, try nesting(items))
         for i in stride(from: 0, to: items.count, by: 2) { d.set(try dictKey(items[i]), items[i + 1]) }
     }
     mutating func append(_ items: [PickleValue]) throws {
         guard case .list(let l) = try top() else { throw unsupported("appending to a \(try top().kindName)") }
+        l.depth = max(l.depth, try nesting(items))
         l.items.append(contentsOf: items)
+    }
+
+    /// Containers nested deeper than this are refused (a state dict is a few levels deep).
+    static let maxDepth = 1000
+
+    /// The depth of a container holding `items`: 1 + the deepest of them; an error past `maxDepth`.
+    func nesting(_ items: [PickleValue]) throws -> Int {
+        var d = 0
+        for v in items {
+            switch v {
+            case .tuple(let t): d = max(d, t.depth)
+            case .list(let l): d = max(d, l.depth)
+            case .dict(let x): d = max(d, x.depth)
+            default: break
+            }
+        }
+        guard d < Self.maxDepth else { throw fail("containers nested deeper than \(Self.maxDepth)") }
+        return d + 1
+    }
+    func tuple(_ items: [PickleValue]) throws -> PickleValue {
+        let t = PickleTuple(items)
+        t.depth = try nesting(items)
+        return .tuple(t)
     }
 
     // MARK: running
@@ -315,12 +343,13 @@ struct Unpickler {
                 guard stack.count - n >= (marks.last ?? 0) else { throw fail("stack underflow") }
                 let items = Array(stack.suffix(n))
                 stack.removeLast(n)
-                stack.append(.tuple(PickleTuple(items)))
-            case 0x74: stack.append(.tuple(PickleTuple(try popMark())))  // TUPLE
+                stack.append(try tuple(items))
+            case 0x74: stack.append(try tuple(try popMark()))  // TUPLE
             case 0x5D: stack.append(.list(PickleList()))  // EMPTY_LIST
             case 0x6C:  // LIST
                 let l = PickleList()
                 l.items = try popMark()
+                l.depth = try nesting(l.items)
                 stack.append(.list(l))
             case 0x61: try append([try pop()])  // APPEND
             case 0x65: try append(try popMark())  // APPENDS

@@ -166,27 +166,30 @@ public final class Tokenizer: @unchecked Sendable {
             let rstrip: Bool
             let isAddedToken: Bool
         }
-        func special(_ name: String, default def: String?) -> Special? {
-            func fromDict(_ v: JSONValue) -> Special? {
-                guard let c = v["content"]?.string else { return nil }
+        func special(_ name: String, default def: String?) throws -> Special? {
+            func fromDict(_ v: JSONValue, _ file: String) throws -> Special {
+                guard let c = v["content"]?.string else {
+                    throw TokenizerError.invalidFormat(path: file, reason: "\(name) must be a string or an object with a \"content\" string")
+                }
                 return Special(content: c, lstrip: v["lstrip"]?.bool ?? false, rstrip: v["rstrip"]?.bool ?? false, isAddedToken: true)
             }
             if let v = specialMap?[name], !v.isNull {
                 if let s = v.string { return Special(content: s, lstrip: false, rstrip: false, isAddedToken: false) }
-                return fromDict(v)
+                return try fromDict(v, file("special_tokens_map.json") ?? "special_tokens_map.json")
             }
             if let v = config?[name], !v.isNull {
                 if let s = v.string {
                     // LlamaTokenizer.__init__ wraps bos/eos/unk strings in AddedToken(lstrip=False, rstrip=False)
                     return Special(content: s, lstrip: false, rstrip: false, isAddedToken: name != "pad_token")
                 }
-                return fromDict(v)
+                return try fromDict(v, file("tokenizer_config.json") ?? "tokenizer_config.json")
             }
             return def.map { Special(content: $0, lstrip: false, rstrip: false, isAddedToken: true) }
         }
-        let bos = special("bos_token", default: "<s>")!, eos = special("eos_token", default: "</s>")!
-        let unk = special("unk_token", default: "<unk>")!
-        let pad = special("pad_token", default: nil)
+        // (a default is given for these three, so they are never nil)
+        let bos = try special("bos_token", default: "<s>")!, eos = try special("eos_token", default: "</s>")!
+        let unk = try special("unk_token", default: "<unk>")!
+        let pad = try special("pad_token", default: nil)
         var extra: [Special] = []
         for v in (specialMap?["additional_special_tokens"]?.array ?? config?["additional_special_tokens"]?.array ?? []) {
             if let s = v.string {

@@ -37,6 +37,40 @@ public struct BucketLayout: Codable, Equatable, Sendable {
         case worldSize = "world_size", capElements = "cap_elements", params, buckets
     }
 
+    /// What is wrong with a layout read from a file (nil: consistent), checked before anything is sized from it:
+    /// every bucket within what the rank files (`fileBytes`, fp32 slices of padded / world size) can hold, every
+    /// tensor inside its bucket with as many elements as its shape.
+    public func problem(fileBytes: [Int]) -> String? {
+        guard worldSize >= 1 else { return "world_size \(worldSize)" }
+        if !params.isEmpty && buckets.isEmpty { return "\(params.count) tensors and no bucket" }
+        let available = fileBytes.reduce(0) { $0 + max($1, 0) / 4 }
+        var total = 0
+        for (b, bucket) in buckets.enumerated() {
+            guard bucket.count >= 0, bucket.padded >= bucket.count, bucket.padded % worldSize == 0 else {
+                return "bucket \(b): count \(bucket.count) and padded \(bucket.padded) do not fit a world of \(worldSize)"
+            }
+            total += bucket.padded
+            guard total <= available else {
+                return "bucket \(b) takes the buckets to \(total) elements, more than the rank files hold (\(available) fp32 values in all)"
+            }
+            if let i = bucket.params.first(where: { $0 < 0 || $0 >= params.count }) { return "bucket \(b) lists tensor \(i) of \(params.count)" }
+        }
+        for p in params {
+            guard p.bucket >= 0, p.bucket < buckets.count else { return "'\(p.name)' is in bucket \(p.bucket) of \(buckets.count)" }
+            var elements = 1
+            for d in p.shape {
+                guard d >= 0, d <= 1 << 40 else { return "'\(p.name)' has shape \(p.shape)" }
+                let (m, overflow) = elements.multipliedReportingOverflow(by: d)
+                guard !overflow, m <= 1 << 40 else { return "'\(p.name)' has shape \(p.shape)" }
+                elements = m
+            }
+            guard p.count == elements, p.offset >= 0, p.offset <= buckets[p.bucket].count - p.count else {
+                return "'\(p.name)' (shape \(p.shape), \(p.count) elements at offset \(p.offset)) does not lie inside bucket \(p.bucket) of \(buckets[p.bucket].count) elements"
+            }
+        }
+        return nil
+    }
+
     /// Lays out `tensors` (name, shape) in the given order.
     public init(tensors: [(name: String, shape: [Int])], worldSize: Int, capElements: Int) {
         precondition(worldSize >= 1 && capElements >= 1, "BucketLayout: world size \(worldSize), cap \(capElements)")

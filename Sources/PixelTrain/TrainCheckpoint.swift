@@ -71,9 +71,17 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
         guard m.formatVersion <= currentVersion else {
             throw TrainError.file(path, "format version \(m.formatVersion) is newer than this pixellm reads (\(currentVersion))")
         }
+        if let bad = m.files.first(where: { $0.name.isEmpty || $0.name.contains("/") || $0.name == "." || $0.name == ".." }) {
+            throw TrainError.file(path, "rank file name '\(bad.name)' is not a plain file name in the checkpoint directory")
+        }
+        guard m.worldSize >= 1, m.worldSize <= 1 << 20 else { throw TrainError.file(path, "world_size \(m.worldSize) is not in 1...\(1 << 20)") }
         guard m.files.count == m.worldSize, m.layout.worldSize == m.worldSize else {
             throw TrainError.file(path, "\(m.files.count) rank files and a layout for \(m.layout.worldSize) ranks in a world of \(m.worldSize)")
         }
+        for (k, v) in [("step", m.step), ("adam_step", m.adamStep), ("consumed_samples", m.consumedSamples), ("skipped_updates", m.skippedUpdates)] where v < 0 {
+            throw TrainError.file(path, "\(k) \(v) is negative")
+        }
+        if let problem = m.layout.problem(fileBytes: m.files.map(\.bytes)) { throw TrainError.file(path, "layout: \(problem)") }
         return m
     }
 

@@ -13,11 +13,23 @@ enum OutputDirectory {
             do {
                 try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
             } catch {
-                let reason = (error as NSError).userInfo[NSUnderlyingErrorKey].map { "\($0)" } ?? error.localizedDescription
-                throw ValidationError("\(option) \(path): cannot create the directory (\(reason))")
+                throw ValidationError("\(option) \(path): cannot create the directory (\(reason(path, error)))")
             }
         }
         if !fm.isWritableFile(atPath: path) { throw ValidationError("\(option) \(path): the directory is not writable") }
+    }
+
+    /// Why `path` cannot be created, in words: the nearest existing ancestor is a file, or is not writable.
+    static func reason(_ path: String, _ error: Error) -> String {
+        let fm = FileManager.default
+        var p = (path as NSString).standardizingPath
+        while !p.isEmpty && p != "/" && !fm.fileExists(atPath: p) { p = (p as NSString).deletingLastPathComponent }
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: p, isDirectory: &isDir) {
+            if !isDir.boolValue { return "\(p) is a file, not a directory" }
+            if !fm.isWritableFile(atPath: p) { return "\(p) is not writable" }
+        }
+        return error.localizedDescription
     }
 
     /// A file to be written: not a directory, and its directory exists (or is created) and is writable.

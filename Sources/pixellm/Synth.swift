@@ -26,6 +26,7 @@ struct Synth: ParsableCommand {
     }
 
     func run() throws {
+        try OutputDirectory.prepare(out, option: "--out")
         let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")

@@ -119,7 +119,7 @@ struct Train: ParsableCommand {
             let o = try options()
             // an unwritable run directory is an error before any work
             if comm.rank == 0 {
-                try FileManager.default.createDirectory(atPath: o.runDirectory, withIntermediateDirectories: true)
+                try OutputDirectory.prepare(o.runDirectory, option: "--log-base-dir / --exp-name (the run directory)")
                 let probe = (o.runDirectory as NSString).appendingPathComponent(".write-test-\(getpid())")
                 guard FileManager.default.createFile(atPath: probe, contents: Data("x".utf8)) else {
                     throw TrainError.file(o.runDirectory, "cannot write here (checkpoints and logs go to the run directory)")
@@ -190,6 +190,7 @@ struct ConsolidateCommand: ParsableCommand {
 
     func run() throws {
         do {
+            try OutputDirectory.prepare(out, option: "--out")
             let t0 = Date()
             let r = try Consolidate.run(checkpoint: checkpoint, out: out, dtype: dtype == "bf16" ? .bf16 : .f32,
                                         maxShardBytes: try Self.parseSize(maxShardSize), mergeLoRA: mergeLora)
