@@ -17,6 +17,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "pixellm", targets: ["pixellm"]),
+        // the parsers, for the fuzz targets of fuzz/ (a package of its own: built with --sanitize=fuzzer)
+        .library(name: "PixelParsers", targets: ["PixelJSON", "PixelText", "PixelTensor", "PixelData", "PixelModel", "PixelTrain"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -55,5 +55,9 @@ prep_equal() {  # prepare under mpirun -np 2 writes the same shards and manifest
 check "prepare under mpirun -np 2 writes the same shards as one rank" prep_equal
 check "demo: the autograd core learns" bash -c "'$PIXELLM' demo --steps 200 >/dev/null"
 
+echo "== fuzzing (fuzz/: libFuzzer + AddressSanitizer; the first run builds the fuzz package)"
+check "fuzz: the kept crash inputs no longer crash or leak" bash fuzz/run.sh regress
+check "fuzz: every parser target 5 s without a crash" bash fuzz/run.sh all 5
+
 echo "tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -92,10 +92,13 @@ public enum PlainPickle {
 
     public static func load(_ bytes: [UInt8], file: String, strEncoding: StrEncoding = .ascii) throws -> PickleValue {
         var u = Unpickler(bytes: bytes, file: file, strEncoding: strEncoding)
-        let root = try u.run()
+        var root: Node?
+        // a list or dict that contains itself is a reference cycle: empty every box afterwards (found by fuzz/FuzzRefsPickle)
+        defer { u.dismantle(root) }
+        root = try u.run()
         var budget = 4 * bytes.count + 1_000_000
         var active = Set<ObjectIdentifier>()
-        return try u.value(of: root, depth: 0, budget: &budget, active: &active)
+        return try u.value(of: root!, depth: 0, budget: &budget, active: &active)
     }
 
     public static func load(path: String, strEncoding: StrEncoding = .ascii) throws -> PickleValue {
@@ -362,6 +365,28 @@ private struct Unpickler {
         push(n)
     }
 
+    /// Every list and dict the machine made (a failing opcode may hold the only other reference).
+    var lists: [ListBox] = []
+    var dicts: [DictBox] = []
+    mutating func newList() -> ListBox { let b = ListBox(); lists.append(b); return b }
+    mutating func newDict() -> DictBox { let b = DictBox(); dicts.append(b); return b }
+
+    /// Empties every list and dict the machine made, so reference cycles (a list that contains itself) are freed
+    /// and nothing is released recursively; `root` and the stack go with them.
+    mutating func dismantle(_ root: Node?) {
+        var work = stack + Array(memo.values) + (root.map { [$0] } ?? [])
+        stack = []
+        memo = [:]
+        for b in lists { work.append(contentsOf: b.items); b.items = [] }
+        for b in dicts { work.append(contentsOf: b.values); b.values = []; b.keys = []; b.index = [:] }
+        lists = []
+        dicts = []
+        // what remains are tuples (values): taken apart one level at a time
+        while let n = work.popLast() {
+            if case .tuple(let items, _) = n { work.append(contentsOf: items) }
+        }
+    }
+
     mutating func appendTo(_ target: Node, _ items: [Node]) throws {
         guard case .list(let box) = target else { throw fail("appends to a non-list") }
         box.depth = max(box.depth, try nesting(items))
@@ -443,11 +468,11 @@ private struct Unpickler {
             case 0x42: push(.value(.bytes(Array(try read(try length(4))))))
             case 0x43: push(.value(.bytes(Array(try read(Int(try byte()))))))
             case 0x8e, 0x96: push(.value(.bytes(Array(try read(try length(8))))))
-            case 0x5d: push(.list(ListBox()))
-            case 0x7d: push(.dict(DictBox()))
+            case 0x5d: push(.list(newList()))
+            case 0x7d: push(.dict(newDict()))
             case 0x29: push(.value(.tuple([])))
             case 0x6c: // LIST
-                let box = ListBox(); box.items = try popMark(); box.depth = try nesting(box.items); push(.list(box))
+                let box = newList(); box.items = try popMark(); box.depth = try nesting(box.items); push(.list(box))
             case 0x74: push(try makeTuple(try popMark()))
             case 0x85, 0x86, 0x87:
                 let n = Int(op - 0x84)
@@ -456,7 +481,7 @@ private struct Unpickler {
                 push(try makeTuple(items))
             case 0x64: // DICT
                 let items = try popMark()
-                let d = Node.dict(DictBox())
+                let d = Node.dict(newDict())
                 try setItems(d, items)
                 push(d)
             case 0x61: // APPEND

@@ -180,6 +180,11 @@ struct Unpickler {
     var marks: [Int] = []
     var memo: [Int: PickleValue] = [:]
     var opcodeStart = 0
+    /// Every list and dict made (a failing opcode may hold the only other reference to one that contains itself).
+    final class Made { var values: [PickleValue] = [] }
+    let made = Made()
+    func newList() -> PickleList { let l = PickleList(); made.values.append(.list(l)); return l }
+    func newDict() -> PickleDict { let d = PickleDict(); made.values.append(.dict(d)); return d }
 
     init(_ data: UnsafeRawBufferPointer, at pos: Int = 0, file: String, part: String,
          persistentLoad: @escaping (PickleValue, Unpickler) throws -> PickleValue) {
@@ -292,7 +297,7 @@ struct Unpickler {
     /// Runs the pickle to STOP and hands the result to `use`; everything the pickle built is freed after.
     mutating func load<R>(_ use: (PickleValue) throws -> R) throws -> R {
         var result: PickleValue?
-        defer { PickleValue.dismantle(stack + Array(memo.values) + (result.map { [$0] } ?? [])) }
+        defer { PickleValue.dismantle(stack + Array(memo.values) + made.values + (result.map { [$0] } ?? [])); made.values = [] }
         result = try run()
         return try use(result!)
     }
@@ -345,18 +350,18 @@ struct Unpickler {
                 stack.removeLast(n)
                 stack.append(try tuple(items))
             case 0x74: stack.append(try tuple(try popMark()))  // TUPLE
-            case 0x5D: stack.append(.list(PickleList()))  // EMPTY_LIST
+            case 0x5D: stack.append(.list(newList()))  // EMPTY_LIST
             case 0x6C:  // LIST
-                let l = PickleList()
+                let l = newList()
                 l.items = try popMark()
                 l.depth = try nesting(l.items)
                 stack.append(.list(l))
             case 0x61: try append([try pop()])  // APPEND
             case 0x65: try append(try popMark())  // APPENDS
-            case 0x7D: stack.append(.dict(PickleDict()))  // EMPTY_DICT
+            case 0x7D: stack.append(.dict(newDict()))  // EMPTY_DICT
             case 0x64:  // DICT
                 let items = try popMark()
-                stack.append(.dict(PickleDict()))
+                stack.append(.dict(newDict()))
                 try setItems(items)
             case 0x73:  // SETITEM
                 let v = try pop(), k = try pop()
@@ -456,7 +461,7 @@ struct Unpickler {
         }
         switch g {
         case .orderedDict:
-            let d = PickleDict()
+            let d = newDict()
             d.isOrdered = true
             try arity(a.count <= 1)
             if let items = a.first {  // OrderedDict([(k, v), ...])
@@ -491,7 +496,7 @@ struct Unpickler {
 
     func newObject(_ cls: PickleValue, _ args: PickleValue) throws -> PickleValue {
         guard case .global(.orderedDict) = cls else { throw unsupported("instantiating \(cls.kindName)") }
-        let d = PickleDict()
+        let d = newDict()
         d.isOrdered = true
         return .dict(d)
     }
