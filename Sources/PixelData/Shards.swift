@@ -551,7 +551,7 @@ public struct ShardManifest: Codable, Equatable, Sendable {
         var total = 0
         for sh in m.shards {
             // a shard file is a plain name in this directory (never ../ or an absolute path)
-            guard !sh.file.isEmpty, !sh.file.contains("/"), sh.file != "..", sh.file != "." else {
+            guard isPlainFileName(sh.file) else {
                 throw ShardError(file: p, "shard file '\(sh.file)' is not a plain file name in the shard directory")
             }
             guard sh.samples >= 0, sh.samples <= 1 << 40, sh.skipped >= 0 else {

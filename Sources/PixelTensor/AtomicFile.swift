@@ -1,5 +1,11 @@
 import Foundation
 
+/// A file name that an index, manifest or checkpoint written by someone else may use: one plain name inside the
+/// directory it sits in (no `/`, so no absolute path or `a/../..`, and not `.` or `..`).
+public func isPlainFileName(_ name: String) -> Bool {
+    !name.isEmpty && !name.contains("/") && name != "." && name != ".."
+}
+
 private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
 
 /// Atomic file replacement: the content goes to `<path>.tmp-<pid>-<n>` (unique per process and call),

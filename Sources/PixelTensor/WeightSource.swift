@@ -196,7 +196,7 @@ public final class ShardedWeightDirectory<Shard: ShardedWeightFile>: WeightSourc
         }
         var map: [String: String] = [:]
         for (t, v) in pairs {
-            guard case .string(let f) = v, !f.isEmpty, !f.contains("/"), f != ".", f != ".." else {
+            guard case .string(let f) = v, isPlainFileName(f) else {
                 throw error(.invalidIndex, file: path, key: t, "weight_map value \(v.text) is not a shard file name")
             }
             map[t] = f

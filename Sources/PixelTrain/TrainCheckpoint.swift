@@ -71,7 +71,7 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
         guard m.formatVersion <= currentVersion else {
             throw TrainError.file(path, "format version \(m.formatVersion) is newer than this pixellm reads (\(currentVersion))")
         }
-        if let bad = m.files.first(where: { $0.name.isEmpty || $0.name.contains("/") || $0.name == "." || $0.name == ".." }) {
+        if let bad = m.files.first(where: { !isPlainFileName($0.name) }) {
             throw TrainError.file(path, "rank file name '\(bad.name)' is not a plain file name in the checkpoint directory")
         }
         guard m.worldSize >= 1, m.worldSize <= 1 << 20 else { throw TrainError.file(path, "world_size \(m.worldSize) is not in 1...\(1 << 20)") }
