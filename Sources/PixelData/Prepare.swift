@@ -383,7 +383,10 @@ public final class PrepareJob {
                 reasons[reasonKey(s.reason), default: 0] += 1
             }
             let skippedItems = range.count - f.count
-            shards.append(.init(file: name, itemBegin: range.lowerBound, itemEnd: range.upperBound, samples: f.count, skipped: skippedItems))
+            let size = ((try? FileManager.default.attributesOfItem(atPath: path(name)))?[.size] as? NSNumber)?.intValue
+            guard case .success(let crc) = CRC32.file(path(name)) else { throw ShardError(file: path(name), "cannot be read back") }
+            shards.append(.init(file: name, itemBegin: range.lowerBound, itemEnd: range.upperBound, samples: f.count, skipped: skippedItems,
+                                bytes: size, crc32: crc))
         }
         for i in subsets.indices { subsets[i].skipped = subsets[i].items - subsets[i].samples }
         let m = ShardManifest(format: ShardFormat.name, formatVersion: ShardFormat.version, options: options, subsets: subsets, shards: shards,

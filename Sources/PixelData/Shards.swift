@@ -517,7 +517,42 @@ public struct ShardManifest: Codable, Equatable, Sendable {
         public var itemEnd: Int
         public var samples: Int
         public var skipped: Int
-        enum CodingKeys: String, CodingKey { case file, samples, skipped, itemBegin = "item_begin", itemEnd = "item_end" }
+        /// The file's size and CRC-32, checked when a reader opens it (absent in indexes written before 2026-12-07:
+        /// those shards are read unchecked).
+        public var bytes: Int?
+        public var crc32: UInt32?
+        enum CodingKeys: String, CodingKey { case file, samples, skipped, itemBegin = "item_begin", itemEnd = "item_end", bytes, crc32 }
+
+        public init(file: String, itemBegin: Int, itemEnd: Int, samples: Int, skipped: Int, bytes: Int? = nil, crc32: UInt32? = nil) {
+            self.file = file
+            self.itemBegin = itemBegin
+            self.itemEnd = itemEnd
+            self.samples = samples
+            self.skipped = skipped
+            self.bytes = bytes
+            self.crc32 = crc32
+        }
+
+        /// Checks the file's size and CRC-32 against these (when recorded); the error names the file.
+        public func verify(_ path: String) throws {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ShardError(file: path, "no such shard file") }
+            if isDir.boolValue { throw ShardError(file: path, "is a directory, not a shard file") }
+            if let want = bytes {
+                let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? NSNumber)?.intValue ?? -1
+                guard size == want else {
+                    throw ShardError(file: path, "\(size) bytes, index.json says \(want): truncated or replaced (run pixellm prepare again)")
+                }
+            }
+            if let want = crc32 {
+                switch CRC32.file(path) {
+                case .failure(let e): throw ShardError(file: path, "cannot be read: \(e.reason)")
+                case .success(let crc) where crc != want:
+                    throw ShardError(file: path, "CRC-32 \(String(crc, radix: 16)) differs from index.json's \(String(want, radix: 16)): the file is damaged (run pixellm prepare again)")
+                case .success: break
+                }
+            }
+        }
     }
     public var format: String
     public var formatVersion: Int
@@ -600,6 +635,7 @@ public final class ShardReader {
         lock.lock(); defer { lock.unlock() }
         if let f = open[lo] { return (f, i - starts[lo]) }
         let path = (directory as NSString).appendingPathComponent(manifest.shards[lo].file)
+        try manifest.shards[lo].verify(path)
         let f = try ShardFile(path: path)
         guard f.count == manifest.shards[lo].samples else {
             throw ShardError(file: path, "holds \(f.count) samples, the manifest says \(manifest.shards[lo].samples)")

@@ -131,6 +131,11 @@ public protocol Communicator: AnyObject {
     /// Prints `message` with this rank to stderr and terminates every rank (MPI_Abort), so that a failure on one
     /// rank never leaves the others hanging in a collective.
     func abort(message: String) -> Never
+
+    /// Every rank arrives here before going on; rank 0 names the ranks that have not arrived every
+    /// `CommWatchdog.current.heartbeat` seconds and aborts the job after its `timeout` (see Watchdog.swift).
+    /// `label` says where ("step 7: backward"). Collective: every rank calls it at the same points.
+    func checkIn(_ label: String)
 }
 
 // -------------------------------------------------------------------------------------------------------------

@@ -236,6 +236,102 @@ public final class MPICommunicator: Communicator {
         call("MPI_Barrier", MPI_Barrier(comm))
     }
 
+    // ---------------------------------------------------------------------------------------------------------
+    // Check-in (Watchdog.swift)
+
+    /// Check-ins so far (every rank counts the same; rank 0 checks the counts agree).
+    private var checkIns: Int64 = 0
+    /// "host pid 1234" of every rank, from its last check-in message (rank 0 only).
+    private var identities: [String] = []
+    /// Tags above the ring's 1 ... 30,000 and within the 32,767 MPI guarantees.
+    private static let arriveTag: Int32 = 32_001, releaseTag: Int32 = 32_002
+    /// Bytes of one arrival message: the check-in count, the pid, the host name.
+    private static let arrivalBytes = 80
+
+    public func checkIn(_ label: String) {
+        guard size > 1 else { return }
+        checkIns += 1
+        let w = CommWatchdog.current
+        let n = Self.arrivalBytes
+        let mine = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 8)
+        defer { mine.deallocate() }
+        mine.initializeMemory(as: UInt8.self, repeating: 0, count: n)
+        mine.storeBytes(of: checkIns, toByteOffset: 0, as: Int64.self)
+        mine.storeBytes(of: Int64(getpid()), toByteOffset: 8, as: Int64.self)
+        _ = gethostname(mine.advanced(by: 16).assumingMemoryBound(to: CChar.self), n - 17)
+        if rank == 0 {
+            if identities.count != size { identities = (0..<size).map { "rank \($0)" } }
+            identities[0] = Self.identity(mine)
+            let all = UnsafeMutableRawPointer.allocate(byteCount: n * size, alignment: 8)
+            defer { all.deallocate() }
+            var requests = [MPI_Request?](repeating: nil, count: size)
+            for r in 1..<size {
+                call("MPI_Irecv", MPI_Irecv(all + r * n, Int32(n), MPI_BYTE, Int32(r), Self.arriveTag, comm, &requests[r]))
+            }
+            var arrived = [Bool](repeating: false, count: size)
+            arrived[0] = true
+            let missing = { (0..<self.size).filter { !arrived[$0] } }
+            let names = { (ranks: [Int]) in ranks.map { "rank \($0) (\(self.identities[$0]))" }.joined(separator: ", ") }
+            CommWatchdog.poll(limit: w.timeout, heartbeat: w.heartbeat, done: {
+                for r in 1..<size where !arrived[r] {
+                    var flag: Int32 = 0
+                    call("MPI_Test", MPI_Test(&requests[r], &flag, MPI_STATUS_IGNORE))
+                    if flag != 0 { arrived[r] = true }
+                }
+                return !arrived.contains(false)
+            }, beat: { waited in
+                printError("pixellm [rank 0/\(size)]: \(label): waiting \(CommWatchdog.duration(waited)) for \(names(missing())); "
+                    + "the job aborts after --collective-timeout \(CommWatchdog.duration(w.timeout))")
+            }, expire: { waited in
+                abort(message: "\(label): \(names(missing())) did not arrive within --collective-timeout "
+                    + "\(CommWatchdog.duration(waited)) (stalled or much slower than the others); aborting the job")
+            })
+            for r in 1..<size {
+                let count = (all + r * n).load(as: Int64.self)
+                identities[r] = Self.identity(all + r * n)
+                if count != checkIns {
+                    abort(message: "\(label): rank \(r) is at check-in \(count), rank 0 at \(checkIns): the ranks run different code paths")
+                }
+            }
+            var sends = [MPI_Request?](repeating: nil, count: size)
+            for r in 1..<size {
+                call("MPI_Isend", MPI_Isend(mine, 8, MPI_BYTE, Int32(r), Self.releaseTag, comm, &sends[r]))
+            }
+            for r in 1..<size { call("MPI_Wait", MPI_Wait(&sends[r], MPI_STATUS_IGNORE)) }
+        } else {
+            let release = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+            defer { release.deallocate() }
+            var send: MPI_Request? = nil, recv: MPI_Request? = nil
+            call("MPI_Irecv", MPI_Irecv(release, 8, MPI_BYTE, 0, Self.releaseTag, comm, &recv))
+            call("MPI_Isend", MPI_Isend(mine, Int32(n), MPI_BYTE, 0, Self.arriveTag, comm, &send))
+            var sent = false, released = false
+            CommWatchdog.poll(limit: w.timeout > 0 ? w.timeout + w.grace : 0, heartbeat: w.heartbeat, done: {
+                var flag: Int32 = 0
+                if !sent { call("MPI_Test", MPI_Test(&send, &flag, MPI_STATUS_IGNORE)); sent = flag != 0 }
+                if !released { flag = 0; call("MPI_Test", MPI_Test(&recv, &flag, MPI_STATUS_IGNORE)); released = flag != 0 }
+                return sent && released
+            }, beat: { waited in
+                printError("pixellm [rank \(rank)/\(size)]: \(label): waiting \(CommWatchdog.duration(waited)) for rank 0 to release the step "
+                    + "(rank 0 names the ranks it waits for)")
+            }, expire: { waited in
+                abort(message: "\(label): no word from rank 0 for \(CommWatchdog.duration(waited)) (--collective-timeout "
+                    + "\(CommWatchdog.duration(w.timeout)) and \(CommWatchdog.duration(w.grace)) of grace): rank 0 is stalled; aborting the job")
+            })
+            let count = release.load(as: Int64.self)
+            if count != checkIns {
+                abort(message: "\(label): rank 0 is at check-in \(count), rank \(rank) at \(checkIns): the ranks run different code paths")
+            }
+        }
+    }
+
+    /// "host, pid 1234" from an arrival message.
+    private static func identity(_ p: UnsafeRawPointer) -> String {
+        let pid = p.load(fromByteOffset: 8, as: Int64.self)
+        let bytes = UnsafeRawBufferPointer(start: p + 16, count: arrivalBytes - 16)
+        let host = String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
+        return "\(host.isEmpty ? "?" : host), pid \(pid)"
+    }
+
     public func broadcast(_ buffer: UnsafeMutableRawPointer, count: Int, datatype: CommDatatype, root: Int) {
         checkCount(count, "broadcast")
         checkRoot(root, "broadcast")

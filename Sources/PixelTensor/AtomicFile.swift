@@ -61,12 +61,28 @@ public enum AtomicFile {
             let why = reason()
             close(fd)
             guard synced else { throw error(path, "fsync of \(tmp) failed: \(why)") }
+            faultKillBeforeRename(path)
             guard rename(tmp, path) == 0 else { throw error(path, "rename from \(tmp) failed: \(reason())") }
         } catch let e {
             unlink(tmp)
             throw e
         }
         fsyncDirectory(containing: path)
+    }
+
+    /// Test hook for a crash in the middle of a write (RELIABILITY.md, faults): with
+    /// PIXELLM_FAULT_KILL_IN_WRITE=TEXT[@N], the process kills itself with SIGKILL when the temporary file of the
+    /// N-th (default first) path containing TEXT is written and synced but not yet renamed.
+    static let faultKill: (pattern: String, nth: Int)? = {
+        let v = ProcessInfo.processInfo.environment["PIXELLM_FAULT_KILL_IN_WRITE"] ?? ""
+        guard !v.isEmpty else { return nil }
+        let parts = v.split(separator: "@", maxSplits: 1)
+        return (String(parts[0]), parts.count == 2 ? Int(parts[1]) ?? 1 : 1)
+    }()
+    private static let faultMatches = Counter()
+
+    static func faultKillBeforeRename(_ path: String) {
+        if let f = faultKill, path.contains(f.pattern), faultMatches.next() == f.nth { kill(getpid(), SIGKILL) }
     }
 
     /// Writes the file's bytes through `body`.

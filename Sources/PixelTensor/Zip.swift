@@ -259,8 +259,23 @@ struct ZipArchive {
     }
 }
 
-/// CRC-32 (ISO-HDLC, as zip uses), slicing-by-8.
-/// CRC-32 (IEEE, as zip and zlib): zip entries, and the checksums of training checkpoint files.
+/// A zip archive on its own (the container of pytorch_model.bin): `pixellm inspect`-style listing and the fuzzer.
+public enum ZipListing {
+    /// Every entry's name and size, after checking the central directory, each local header and, for STORED
+    /// entries, the CRC-32; errors name the file and entry.
+    public static func entries(_ path: String) throws -> [(name: String, bytes: Int)] {
+        let map: MappedFile
+        do { map = try MappedFile(path: path) } catch let e as SafetensorsError { throw TorchBinError(.io, file: path, e.message) }
+        guard map.size > 0, ZipArchive.looksLikeZip(map) else { throw TorchBinError(.zipFormat, file: path, "not a zip archive") }
+        let z = try ZipArchive(map: map, path: path)
+        return try z.entries.map { e in
+            if e.method == 0 { _ = try z.verifiedBytes(e) }
+            return (e.name, e.size)
+        }
+    }
+}
+
+/// CRC-32 (IEEE, as zip and zlib; slicing-by-8): zip entries, and the checksums of training checkpoint files.
 public enum CRC32 {
     /// 8 tables of 256 entries, back to back.
     static let table: [UInt32] = {
@@ -275,6 +290,31 @@ public enum CRC32 {
         }
         return t
     }()
+
+    /// The CRC-32 of a whole file, read 4 MiB at a time; nil with the reason when it cannot be read.
+    public static func file(_ path: String) -> Result<UInt32, FileReadError> {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(FileReadError(reason: String(cString: strerror(errno)))) }
+        defer { close(fd) }
+        let n = 1 << 22
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
+        defer { buf.deallocate() }
+        var crc: UInt32 = 0
+        while true {
+            let r = read(fd, buf, n)
+            if r < 0 {
+                if errno == EINTR { continue }
+                return .failure(FileReadError(reason: String(cString: strerror(errno))))
+            }
+            if r == 0 { return .success(crc) }
+            crc = checksum(UnsafeRawBufferPointer(start: buf, count: r), initial: crc)
+        }
+    }
+
+    public struct FileReadError: Error, CustomStringConvertible {
+        public let reason: String
+        public var description: String { reason }
+    }
 
     public static func checksum(_ bytes: UnsafeRawBufferPointer, initial: UInt32 = 0) -> UInt32 {
         guard let p = bytes.baseAddress else { return initial }

@@ -53,7 +53,7 @@ public struct BucketLayout: Codable, Equatable, Sendable {
             guard total <= available else {
                 return "bucket \(b) takes the buckets to \(total) elements, more than the rank files hold (\(available) fp32 values in all)"
             }
-            if let i = bucket.params.first(where: { $0 < 0 || $0 >= params.count }) { return "bucket \(b) lists tensor \(i) of \(params.count)" }
+            if let i = bucket.params.first(where: { $0 < 0 || $0 >= params.count }) { return "bucket \(b) lists tensor \(i), but the layout has \(params.count) tensors (0..<\(params.count))" }
         }
         for p in params {
             guard p.bucket >= 0, p.bucket < buckets.count else { return "'\(p.name)' is in bucket \(p.bucket) of \(buckets.count)" }

@@ -36,6 +36,14 @@ public enum Consolidate {
         let L = m.layout
         var trained: [String: BucketLayout.Param] = [:]
         for p in L.params { trained[p.name] = p }
+        // every tensor the run trained must be in the checkpoint: one left out of an edited or damaged manifest would
+        // otherwise be written with its initial value
+        let expectedNames = source.table.trainable.map(\.name)
+        let absent = expectedNames.filter { trained[$0] == nil }
+        guard absent.isEmpty else {
+            throw TrainError.file((dir as NSString).appendingPathComponent(TrainCheckpointManifest.manifestName),
+                                  "the layout lacks \(absent.count) of the \(expectedNames.count) tensors the run trained (e.g. \(absent[0])): the manifest is damaged or edited")
+        }
         var cached: (bucket: Int, values: [Float])?
         func bucketValues(_ b: Int) throws -> [Float] {
             if let c = cached, c.bucket == b { return c.values }

@@ -64,7 +64,7 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
             throw TrainError.file(path, "missing: not a complete checkpoint (the manifest is written last)")
         }
         let m: TrainCheckpointManifest
-        do { m = try JSONDecoder().decode(TrainCheckpointManifest.self, from: data) } catch {
+        do { m = try JSONDecoder().decode(TrainCheckpointManifest.self, from: withOptionDefaults(data)) } catch {
             throw TrainError.file(path, "not a training checkpoint manifest: \(error)")
         }
         guard m.format == formatName else { throw TrainError.file(path, "format '\(m.format)' is not '\(formatName)'") }
@@ -83,6 +83,18 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
         }
         if let problem = m.layout.problem(fileBytes: m.files.map(\.bytes)) { throw TrainError.file(path, "layout: \(problem)") }
         return m
+    }
+
+    /// The manifest with every training option it does not mention (written before that option existed) set to
+    /// its default, so that newer builds read older checkpoints; anything unparsable is returned as it was.
+    static func withOptionDefaults(_ data: Data) -> Data {
+        guard var obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
+              let given = obj["options"] as? [String: Any],
+              var full = (try? JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainOptions()))) as? [String: Any]
+        else { return data }
+        for (k, v) in given { full[k] = v }
+        obj["options"] = full
+        return (try? JSONSerialization.data(withJSONObject: obj)) ?? data
     }
 
     /// Checks every rank file's size and CRC-32 against the manifest; the error names the file.
@@ -116,15 +128,10 @@ public enum TrainCheckpoint {
     }
 
     public static func fileCRC(_ path: String) throws -> UInt32 {
-        guard let fh = FileHandle(forReadingAtPath: path) else { throw TrainError.file(path, "cannot be opened") }
-        defer { try? fh.close() }
-        var crc: UInt32 = 0
-        while true {
-            let chunk = fh.readData(ofLength: 1 << 22)
-            if chunk.isEmpty { break }
-            crc = chunk.withUnsafeBytes { CRC32.checksum($0, initial: crc) }
+        switch CRC32.file(path) {
+        case .success(let c): return c
+        case .failure(let e): throw TrainError.file(path, "cannot be read: \(e.reason)")
         }
-        return crc
     }
 
     /// The checkpoint directory a path means: a checkpoint (has manifest.json) or a run directory (its `latest`).
@@ -147,6 +154,28 @@ public enum TrainCheckpoint {
         return (run as NSString).appendingPathComponent(rel)
     }
 
+    /// Bytes this rank's file of a checkpoint takes: value, m and v of its slices, plus HDF5's headers.
+    public static func rankFileBytes(_ opt: ZeroAdamW) -> Int {
+        let L = opt.buckets.layout
+        let owned = L.buckets.indices.reduce(0) { $0 + L.ownedRange($1, rank: opt.comm.rank).count }
+        return owned * 12 + 64 * 1024 + L.buckets.count * 3 * 4096
+    }
+
+    /// Why `bytes` cannot be written into directory `dir` (read-only, not writable, not enough free space), or nil.
+    public static func spaceProblem(_ dir: String, bytes: Int) -> String? {
+        var st = statvfs()
+        guard statvfs(dir, &st) == 0 else { return "cannot inspect: \(String(cString: strerror(errno)))" }
+        if st.f_flag & UInt(ST_RDONLY) != 0 { return "the file system is read-only" }
+        if access(dir, W_OK) != 0 { return "cannot write: \(String(cString: strerror(errno)))" }
+        let free = Int(st.f_bavail) &* Int(st.f_frsize)
+        if free < bytes {
+            return "\(mib(free)) free, a checkpoint needs \(mib(bytes)) here (free some space, or point --log-base-dir elsewhere)"
+        }
+        return nil
+    }
+
+    static func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+
     /// Writes this rank's file and (rank 0) the manifest and `latest`. Collective: every rank calls it.
     public static func save(run: String, optimizer opt: ZeroAdamW, manifest base: TrainCheckpointManifest,
                             keep limit: Int?) throws -> String {
@@ -157,6 +186,7 @@ public enum TrainCheckpoint {
         var failure: String?
         do {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            if let problem = spaceProblem(dir, bytes: rankFileBytes(opt)) { throw TrainError.file(dir, problem) }
             let L = opt.buckets.layout
             var tensors: [String: Tensor] = [:]
             for b in L.buckets.indices {
@@ -174,9 +204,11 @@ public enum TrainCheckpoint {
             failure = "\(error)"
         }
         // every rank reports; any failure fails the save on every rank (the previous checkpoint stays `latest`)
+        comm.checkIn("checkpoint \(name): rank files written")
         let failed = comm.allreduce(Int32(failure == nil ? 0 : 1), op: .sum)
         if failed > 0 {
-            throw TrainError.file(dir, "checkpoint not written (\(failed) rank(s) failed)" + (failure.map { ": \($0)" } ?? ""))
+            let previous = (try? resolve(run)).map { "; the previous checkpoint \($0) is intact and '\(latestName)' names it" } ?? ""
+            throw TrainError.file(dir, "checkpoint not written (\(failed) rank(s) failed)" + (failure.map { ": \($0)" } ?? "") + previous)
         }
         let mine = (dir as NSString).appendingPathComponent(TrainCheckpointManifest.rankFileName(comm.rank, of: comm.size))
         let size = ((try? FileManager.default.attributesOfItem(atPath: mine))?[.size] as? Int) ?? -1
@@ -203,6 +235,29 @@ public enum TrainCheckpoint {
         }
         if comm.allreduce(result, op: .sum) > 0 { throw TrainError.file(dir, "the manifest or 'latest' could not be written") }
         return dir
+    }
+
+    /// Removes the checkpoint directories of `run` that have no manifest (a save that did not finish) and the
+    /// temporary files a killed writer left in complete ones; returns the directories removed. Call only while no
+    /// rank is writing.
+    static func removeIncomplete(run: String) -> [String] {
+        let fm = FileManager.default
+        let root = (run as NSString).appendingPathComponent("checkpoints")
+        var removed: [String] = []
+        for n in ((try? fm.contentsOfDirectory(atPath: root)) ?? []).sorted() where n.hasPrefix("step-") {
+            let d = (root as NSString).appendingPathComponent(n)
+            if !fm.fileExists(atPath: (d as NSString).appendingPathComponent(TrainCheckpointManifest.manifestName)) {
+                if (try? fm.removeItem(atPath: d)) != nil { removed.append(d) }
+            } else {
+                for f in (try? fm.contentsOfDirectory(atPath: d)) ?? [] where f.contains(".tmp-") {
+                    try? fm.removeItem(atPath: (d as NSString).appendingPathComponent(f))
+                }
+            }
+        }
+        for f in (try? fm.contentsOfDirectory(atPath: run)) ?? [] where f.hasPrefix(latestName + ".tmp-") || f.hasPrefix(bestName + ".tmp-") {
+            try? fm.removeItem(atPath: (run as NSString).appendingPathComponent(f))
+        }
+        return removed
     }
 
     /// Removes the oldest complete checkpoints beyond `keep` (never the ones `latest` and `best` name).

@@ -30,6 +30,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var gradientClipping: Float = 1.0
     /// Stop the run when this many updates in a row were skipped for a non-finite gradient (0: never).
     public var maxSkippedInARow = 8
+    /// Seconds between the messages naming a rank the others wait for (0: none), and seconds after which the
+    /// job aborts naming it (0: wait forever). Horovod's stall warning is 60 s; PyTorch's timeout 30 minutes.
+    public var heartbeatSeconds: Double = 60
+    public var collectiveTimeout: Double = 1800
     public var ceLossWeight: Float = 1.0
     public var bceLossWeight: Float = 2.0
     public var diceLossWeight: Float = 0.5
@@ -86,7 +90,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case numClassesPerQuestion = "num_classes_per_question", batchSize = "batch_size"
         case gradAccumulationSteps = "grad_accumulation_steps", lr, epochs, stepsPerEpoch = "steps_per_epoch"
         case warmupSteps = "warmup_steps", weightDecay = "weight_decay", beta1, beta2, gradientClipping = "gradient_clipping"
-        case maxSkippedInARow = "max_skipped_in_a_row"
+        case maxSkippedInARow = "max_skipped_in_a_row", heartbeatSeconds = "heartbeat_seconds", collectiveTimeout = "collective_timeout"
         case ceLossWeight = "ce_loss_weight", bceLossWeight = "bce_loss_weight", diceLossWeight = "dice_loss_weight"
         case zeroStage = "zero_stage", seed, logBaseDir = "log_base_dir", expName = "exp_name", saveSteps = "save_steps"
         case saveTotalLimit = "save_total_limit", maxSteps = "max_steps", trainable, modelMaxLength = "model_max_length"
@@ -154,6 +158,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if !(beta1 >= 0 && beta1 < 1) { try fail("beta1", "\(beta1) must be in [0, 1)") }
         if !(beta2 >= 0 && beta2 < 1) { try fail("beta2", "\(beta2) must be in [0, 1)") }
         if gradientClipping < 0 || !gradientClipping.isFinite { try fail("gradient-clipping", "\(gradientClipping) must be >= 0 (0: off)") }
+        if !(heartbeatSeconds >= 0) || !heartbeatSeconds.isFinite { try fail("heartbeat-seconds", "\(heartbeatSeconds) must be >= 0 (0: no messages)") }
+        if !(collectiveTimeout >= 0) || !collectiveTimeout.isFinite { try fail("collective-timeout", "\(collectiveTimeout) must be >= 0 (0: wait forever)") }
         if maxSkippedInARow < 0 { try fail("max-skipped-in-a-row", "\(maxSkippedInARow) must be >= 0 (0: never stop)") }
         for (n, w) in [("ce-loss-weight", ceLossWeight), ("bce-loss-weight", bceLossWeight), ("dice-loss-weight", diceLossWeight)]
             where w < 0 || !w.isFinite { try fail(n, "\(w) must be >= 0") }

@@ -38,6 +38,17 @@ public final class Trainer {
     /// Steps (1-based, as printed) whose gradient gets a NaN on rank 0 (PIXELLM_FAULT_NAN_GRADIENT="3,4": a test hook).
     let faultNaNSteps: Set<Int> = Set((ProcessInfo.processInfo.environment["PIXELLM_FAULT_NAN_GRADIENT"] ?? "")
         .split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) })
+    /// Test hooks for process faults (RELIABILITY.md): PIXELLM_FAULT_KILL="RANK:STEP" makes that rank kill itself
+    /// with SIGKILL in the middle of that step (after its first forward); PIXELLM_FAULT_STALL="RANK:STEP:SECONDS"
+    /// makes it sleep there.
+    let faultKill: (rank: Int, step: Int)? = {
+        let f = (ProcessInfo.processInfo.environment["PIXELLM_FAULT_KILL"] ?? "").split(separator: ":").compactMap { Int($0) }
+        return f.count == 2 ? (f[0], f[1]) : nil
+    }()
+    let faultStall: (rank: Int, step: Int, seconds: Double)? = {
+        let f = (ProcessInfo.processInfo.environment["PIXELLM_FAULT_STALL"] ?? "").split(separator: ":").compactMap { Double($0) }
+        return f.count == 3 ? (Int(f[0]), Int(f[1]), f[2]) : nil
+    }()
     /// Lines of the metrics log written this process (rank 0), for tests.
     public private(set) var history: [[String: Double]] = []
     public var stopAtStep: Int?
@@ -53,6 +64,7 @@ public final class Trainer {
     public init(options: TrainOptions, comm: any Communicator) throws {
         try options.validate()
         self.comm = comm
+        CommWatchdog.current = CommWatchdog(heartbeat: options.heartbeatSeconds, timeout: options.collectiveTimeout)
         // prepared shards, or a dataset tree that is packed first (into RUN/shards)
         var options = options
         let tree = AutoPrepare.isDatasetTree(options.datasetDir)
@@ -264,6 +276,12 @@ public final class Trainer {
             throw TrainError.mismatch(field: name, "the checkpoint \(dir) has \(a), this run \(b)")
         }
         try TrainCheckpoint.restore(dir, manifest: m, into: optimizer)
+        // what a crash during a save left in this run (a directory without its manifest, temporary files): rank 0
+        // removes it before any rank writes again
+        if comm.rank == 0, (dir as NSString).deletingLastPathComponent == (runDirectory as NSString).appendingPathComponent("checkpoints") {
+            for gone in TrainCheckpoint.removeIncomplete(run: runDirectory) where !quiet { print("removed \(gone): a checkpoint whose write did not finish") }
+        }
+        comm.barrier()
         step = m.step
         consumedSamples = m.consumedSamples
         skippedUpdates = m.skippedUpdates
@@ -342,6 +360,7 @@ public final class Trainer {
         var micro: [PixelLMBatch] = []
         for k in 0..<ga { micro.append(try batches.batch(samples: picks[(k * bs)..<((k + 1) * bs)].map(\.sample))) }
         let counts = micro.map(ShardBatches.counts)
+        comm.checkIn("step \(step + 1): data loaded")
         var global = [Int64(counts.reduce(0) { $0 + $1.tokens }), Int64(counts.reduce(0) { $0 + $1.masks })]
         comm.allreduce(&global, op: .sum)
         let tokens = Double(global[0]), masks = Double(global[1])
@@ -375,6 +394,7 @@ public final class Trainer {
             let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch, options: lossOptions)
             fwd += Date().timeIntervalSince(tf)
             addTrace("forward \(k)", tf, Date().timeIntervalSince(tf))
+            if k == 0 { injectProcessFaults() }
             if let out {
                 let nt = Double(counts[k].tokens), nm = Double(out.losses.maskCount)
                 let a = tokens > 0 ? Float(Double(options.ceLossWeight) * nt / tokens) : 0
@@ -403,8 +423,11 @@ public final class Trainer {
                 bwd += Date().timeIntervalSince(tb)
                 addTrace("backward \(k)", tb, Date().timeIntervalSince(tb))
             }
+            // ZeRO-2 waits for this micro-batch's reduce-scatters here; the others wait in the update
+            if options.zeroStage == 2 { comm.checkIn("step \(step + 1), micro-batch \(k + 1): backward done") }
             optimizer.endMicroBatch()
         }
+        comm.checkIn("step \(step + 1): ready for the update")
         let lr = schedule.lr(step: step)
         if comm.rank == 0 && faultNaNSteps.contains(step + 1) { optimizer.poisonNextUpdate = true }
         let report = optimizer.update(lr: lr, maxGradNorm: options.gradientClipping > 0 ? options.gradientClipping : nil)
@@ -429,6 +452,11 @@ public final class Trainer {
         return metrics
     }
 
+    func injectProcessFaults() {
+        if let f = faultStall, f.rank == comm.rank, f.step == step + 1 { Thread.sleep(forTimeInterval: f.seconds) }
+        if let f = faultKill, f.rank == comm.rank, f.step == step + 1 { kill(getpid(), SIGKILL) }
+    }
+
     /// The checkpoint of the current state (collective).
     @discardableResult
     public func save() throws -> String {
@@ -446,6 +474,16 @@ public final class Trainer {
     /// Trains until the last step (or a clean stop), logging on rank 0 and saving every save_steps and at the end.
     public func run() throws {
         let total = options.totalSteps
+        // a full or read-only disk is an error now, not after hours of training
+        let need = TrainCheckpoint.rankFileBytes(optimizer)
+        if let problem = TrainCheckpoint.spaceProblem(runDirectory, bytes: need) {
+            throw TrainError.file(runDirectory, "no checkpoint could be saved: \(problem)")
+        }
+        let saves = min(options.saveTotalLimit.map { $0 + 1 } ?? Int.max, (total - step) / options.saveSteps + 1)
+        if saves > 1, TrainCheckpoint.spaceProblem(runDirectory, bytes: need * saves) != nil, !quiet {
+            print("note: rank \(comm.rank): \(saves) checkpoints of \(TrainCheckpoint.mib(need)) (this rank's files) will not fit in the free space of \(runDirectory); "
+                + "set --save-total-limit or free some space before the run needs it")
+        }
         let metricsPath = (runDirectory as NSString).appendingPathComponent("metrics.jsonl")
         if comm.rank == 0 { try prepareMetricsLog(metricsPath) }
         let runStart = Date()
@@ -512,8 +550,21 @@ public final class Trainer {
         if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
         guard let fh = FileHandle(forWritingAtPath: path) else { throw TrainError.file(path, "cannot append to the metrics log") }
         defer { try? fh.close() }
-        fh.seekToEndOfFile()
-        fh.write(data + Data("\n".utf8))
+        // the throwing forms: the old write(_:) traps on a full or read-only disk
+        do {
+            try fh.seekToEnd()
+            try fh.write(contentsOf: data + Data("\n".utf8))
+        } catch {
+            throw TrainError.file(path, "cannot append to the metrics log: \(Self.reason(error))")
+        }
+    }
+
+    /// The POSIX reason of a Foundation file error ("No space left on device"), else the error.
+    static func reason(_ error: Error) -> String {
+        let e = error as NSError
+        if let u = e.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(u.code))) }
+        if e.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(e.code))) }
+        return "\(error)"
     }
 
     func prepareMetricsLog(_ path: String) throws {

@@ -16,7 +16,10 @@ enum OutputDirectory {
                 throw ValidationError("\(option) \(path): cannot create the directory (\(reason(path, error)))")
             }
         }
-        if !fm.isWritableFile(atPath: path) { throw ValidationError("\(option) \(path): the directory is not writable") }
+        if access(path, W_OK) != 0 {
+            let why = errno == EROFS ? "it is on a read-only file system" : String(cString: strerror(errno))
+            throw ValidationError("\(option) \(path): the directory is not writable (\(why))")
+        }
     }
 
     /// Why `path` cannot be created, in words: the nearest existing ancestor is a file, or is not writable.

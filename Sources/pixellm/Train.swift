@@ -35,6 +35,8 @@ struct Train: ParsableCommand {
     @Option(name: both("beta1"), help: "Default 0.9.") var beta1: Float?
     @Option(name: both("beta2"), help: "Default 0.95.") var beta2: Float?
     @Option(name: both("gradient-clipping"), help: "Max global gradient norm (default 1.0; 0: off).") var gradientClipping: Float?
+    @Option(name: both("heartbeat-seconds"), help: "While the ranks wait for a slow one, rank 0 names it every this many seconds (default 60; 0: never).") var heartbeatSeconds: Double?
+    @Option(name: both("collective-timeout"), help: "Abort the job, naming the rank, when the others have waited this many seconds for it (default 1800; 0: wait forever).") var collectiveTimeout: Double?
     @Option(name: both("max-skipped-in-a-row"), help: "Stop when this many updates in a row are skipped for a non-finite gradient (default 8; 0: never).") var maxSkippedInARow: Int?
     @Option(name: both("ce-loss-weight"), help: "Default 1.0.") var ceLossWeight: Float?
     @Option(name: both("bce-loss-weight"), help: "Default 2.0.") var bceLossWeight: Float?
@@ -84,6 +86,7 @@ struct Train: ParsableCommand {
         set(gradAccumulationSteps, \.gradAccumulationSteps); set(lr, \.lr); set(epochs, \.epochs)
         set(stepsPerEpoch, \.stepsPerEpoch); set(warmupSteps, \.warmupSteps); set(weightDecay, \.weightDecay)
         set(beta1, \.beta1); set(beta2, \.beta2); set(gradientClipping, \.gradientClipping); set(maxSkippedInARow, \.maxSkippedInARow)
+        set(heartbeatSeconds, \.heartbeatSeconds); set(collectiveTimeout, \.collectiveTimeout)
         set(ceLossWeight, \.ceLossWeight); set(bceLossWeight, \.bceLossWeight); set(diceLossWeight, \.diceLossWeight)
         set(zeroStage, \.zeroStage); set(seed, \.seed); set(logBaseDir, \.logBaseDir); set(expName, \.expName)
         set(saveSteps, \.saveSteps); setOpt(saveTotalLimit, \.saveTotalLimit); setOpt(maxSteps, \.maxSteps)
@@ -122,7 +125,8 @@ struct Train: ParsableCommand {
                 try OutputDirectory.prepare(o.runDirectory, option: "--log-base-dir / --exp-name (the run directory)")
                 let probe = (o.runDirectory as NSString).appendingPathComponent(".write-test-\(getpid())")
                 guard FileManager.default.createFile(atPath: probe, contents: Data("x".utf8)) else {
-                    throw TrainError.file(o.runDirectory, "cannot write here (checkpoints and logs go to the run directory)")
+                    let why = TrainCheckpoint.spaceProblem(o.runDirectory, bytes: 4096) ?? "cannot create a file"
+                    throw TrainError.file(o.runDirectory, "cannot write here: \(why) (checkpoints and logs go to the run directory)")
                 }
                 try? FileManager.default.removeItem(atPath: probe)
             }

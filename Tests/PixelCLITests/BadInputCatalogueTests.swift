@@ -614,11 +614,21 @@ final class BadInputCatalogueTests: XCTestCase {
                 return Invocation(args: args, expect: expect(s, s + "/shard-00000.h5"))
             }
         }
-        shard("h5-truncated", "shard-00000.h5 cut to 3000 bytes", { [$1, "not an HDF5 file"] }) { w, s in try w.truncate(s + "/shard-00000.h5", to: 3000) }
-        shard("h5-garbage", "shard-00000.h5 holding text", { [$1, "not an HDF5 file"] }) { w, s in try w.write(s + "/shard-00000.h5", "not hdf5\n") }
-        shard("h5-empty", "0-byte shard-00000.h5", { [$1, "not an HDF5 file"] }) { w, s in try w.write(s + "/shard-00000.h5", [UInt8]()) }
+        shard("h5-truncated", "shard-00000.h5 cut to 3000 bytes", { [$1, "3000 bytes, index.json says", "truncated"] }) { w, s in try w.truncate(s + "/shard-00000.h5", to: 3000) }
+        shard("h5-garbage", "shard-00000.h5 holding text", { [$1, "truncated or replaced"] }) { w, s in try w.write(s + "/shard-00000.h5", "not hdf5\n") }
+        shard("h5-empty", "0-byte shard-00000.h5", { [$1, "0 bytes, index.json says"] }) { w, s in try w.write(s + "/shard-00000.h5", [UInt8]()) }
+        shard("h5-bit-flip", "one bit of shard-00000.h5 flipped (same size)", { [$1, "CRC-32", "damaged"] }) { w, s in
+            var d = try Data(contentsOf: URL(fileURLWithPath: s + "/shard-00000.h5"))
+            d[d.count / 2] ^= 0x04
+            try d.write(to: URL(fileURLWithPath: s + "/shard-00000.h5"))
+        }
+        shard("h5-train-bit-flip", "train on a shard with one bit flipped", { [$1, "CRC-32"] }, command: "train") { w, s in
+            var d = try Data(contentsOf: URL(fileURLWithPath: s + "/shard-00000.h5"))
+            d[d.count / 3] ^= 0x80
+            try d.write(to: URL(fileURLWithPath: s + "/shard-00000.h5"))
+        }
         shard("h5-missing", "shard-00000.h5 deleted", { [$1, "no such shard file"] }) { w, s in try w.fm.removeItem(atPath: s + "/shard-00000.h5") }
-        shard("h5-directory", "shard-00000.h5 is a directory", { [$1, "HDF5"] }) { w, s in
+        shard("h5-directory", "shard-00000.h5 is a directory", { [$1, "is a directory"] }) { w, s in
             try w.fm.removeItem(atPath: s + "/shard-00000.h5")
             try w.fm.createDirectory(atPath: s + "/shard-00000.h5", withIntermediateDirectories: false)
         }
@@ -649,7 +659,7 @@ final class BadInputCatalogueTests: XCTestCase {
         shard("h5-format-version", "index.json with format_version 99", { s, _ in [s + "/index.json", "format version 99"] }) { w, s in
             try w.editJSON(s + "/index.json") { $0["format_version"] = 99 }
         }
-        shard("h5-train-truncated", "train on a shard cut to 3000 bytes", { [$1, "not an HDF5 file"] }, command: "train") { w, s in
+        shard("h5-train-truncated", "train on a shard cut to 3000 bytes", { [$1, "truncated"] }, command: "train") { w, s in
             try w.truncate(s + "/shard-00000.h5", to: 3000)
         }
 
@@ -720,6 +730,24 @@ final class BadInputCatalogueTests: XCTestCase {
                 l["world_size"] = 0
                 o["layout"] = l
             }
+        }
+        // the last tensor taken out of the layout consistently (its bucket no longer lists it): every size still agrees
+        func dropLastParam(_ l: inout [String: Any]) {
+            let params = l["params"] as! [Any]
+            let gone = params.count - 1
+            l["params"] = Array(params.dropLast())
+            l["buckets"] = (l["buckets"] as! [[String: Any]]).map { b in
+                var b = b
+                b["params"] = (b["params"] as! [Int]).filter { $0 != gone }
+                return b
+            }
+        }
+        ckpt("ckpt-params-dropped", "manifest layout without one trained tensor (sizes consistent)", { [$1 + manifest, "lacks 1 of the"] }) { w, _, d in
+            try layout(w, d, dropLastParam)
+        }
+        ckpt("ckpt-resume-params-dropped", "train --resume a run whose layout lacks a trained tensor", { [$1, "other trainable tensors"] },
+             command: { w, r in w.train(["--resume", r]) }) { w, _, d in
+            try layout(w, d, dropLastParam)
         }
         ckpt("ckpt-resume-truncated", "train --resume a run whose rank file is cut to 1000 bytes", { [$1 + rank0, "truncated or replaced"] },
              command: { w, r in w.train(["--resume", r]) }) { w, _, d in try w.truncate(d + rank0, to: 1000) }

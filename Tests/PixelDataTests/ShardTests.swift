@@ -398,6 +398,24 @@ final class ShardTests: XCTestCase {
             XCTAssertEqual((e as? ShardError)?.file, self.tmp + "/other.h5")
             XCTAssertTrue("\(e)".contains("not a pixellm shard"), "\(e)")
         }
+        // the index records every shard's size and CRC-32; a bit flip or a truncation is named when the shard opens
+        let shard = tmp + "/ix/shard-00000.h5"
+        let original = try Data(contentsOf: URL(fileURLWithPath: shard))
+        XCTAssertEqual(m.shards[0].bytes, original.count)
+        XCTAssertEqual(m.shards[0].crc32, original.withUnsafeBytes { CRC32.checksum($0) })
+        XCTAssertNoThrow(try ShardReader(directory: tmp + "/ix").meta(0))
+        var flipped = original
+        flipped[flipped.count / 2] ^= 0x10
+        try flipped.write(to: URL(fileURLWithPath: shard))
+        XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
+            XCTAssertEqual((e as? ShardError)?.file, shard)
+            XCTAssertTrue("\(e)".contains("CRC-32") && "\(e)".contains("damaged"), "\(e)")
+        }
+        try original.prefix(original.count - 100).write(to: URL(fileURLWithPath: shard))
+        XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
+            XCTAssertEqual((e as? ShardError)?.file, shard)
+            XCTAssertTrue("\(e)".contains("truncated"), "\(e)")
+        }
         try FileManager.default.removeItem(atPath: tmp + "/ix/shard-00000.h5")
         XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
             XCTAssertEqual((e as? ShardError)?.file, self.tmp + "/ix/shard-00000.h5")

@@ -62,11 +62,11 @@ final class TrainRunTests: XCTestCase {
         return nil
     }
 
-    static func mpi(_ n: Int, _ args: [String], extra: [String] = []) throws -> Run {
+    static func mpi(_ n: Int, _ args: [String], extra: [String] = [], timeout: Double = 300) throws -> Run {
         guard let m = mpirun else { throw XCTSkip("mpirun is not installed") }
         var flags = ["--oversubscribe", "-np", "\(n)", "-x", "OPENBLAS_NUM_THREADS=1"]
         if getuid() == 0 { flags.insert("--allow-run-as-root", at: 0) }
-        return try run(m, flags + extra + [binary] + args)
+        return try run(m, flags + extra + [binary] + args, timeout: timeout)
     }
 
     /// Shared data for the class: synth -> prepare at 112 px, and the tiny config with 1024 ids.
