@@ -75,6 +75,7 @@ public enum ParameterGroup: String, CaseIterable, Sendable, Comparable {
 public struct ParameterGroupError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
 }
 
 /// One named tensor of the model.

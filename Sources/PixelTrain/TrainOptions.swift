@@ -21,6 +21,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var batchSize = 2
     public var gradAccumulationSteps = 10
     public var lr: Float = 0.0003
+    /// Learning-rate multipliers per parameter group ("decoder=2,llm=0.5"; group names as --trainable's), like
+    /// PyTorch param groups with their own lr; groups not named keep 1.
+    public var lrMultipliers: String?
     public var epochs = 10
     public var stepsPerEpoch = 500
     public var warmupSteps = 100
@@ -88,7 +91,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case version, config, visionTower = "vision_tower", datasetDir = "dataset_dir", dataset, sampleRates = "sample_rates"
         case segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
         case numClassesPerQuestion = "num_classes_per_question", batchSize = "batch_size"
-        case gradAccumulationSteps = "grad_accumulation_steps", lr, epochs, stepsPerEpoch = "steps_per_epoch"
+        case gradAccumulationSteps = "grad_accumulation_steps", lr, lrMultipliers = "lr_multipliers", epochs, stepsPerEpoch = "steps_per_epoch"
         case warmupSteps = "warmup_steps", weightDecay = "weight_decay", beta1, beta2, gradientClipping = "gradient_clipping"
         case maxSkippedInARow = "max_skipped_in_a_row", heartbeatSeconds = "heartbeat_seconds", collectiveTimeout = "collective_timeout"
         case ceLossWeight = "ce_loss_weight", bceLossWeight = "bce_loss_weight", diceLossWeight = "dice_loss_weight"
@@ -126,6 +129,22 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         }
     }
 
+    /// "decoder=2, llm=0.5" -> [.decoder: 2, .llm: 0.5]; every value finite and >= 0 (0 freezes the group's values).
+    public static func parseMultipliers(_ text: String) throws -> [ParameterGroup: Float] {
+        var out: [ParameterGroup: Float] = [:]
+        for item in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
+            let kv = item.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard kv.count == 2 else { throw ParameterGroupError(message: "'\(item)' is not GROUP=NUMBER") }
+            let group = try ParameterGroup.parseList(kv[0])
+            guard group.count == 1, let v = Float(kv[1]), v.isFinite, v >= 0 else {
+                throw ParameterGroupError(message: "'\(item)': the multiplier must be a number >= 0")
+            }
+            guard out[group[0]] == nil else { throw ParameterGroupError(message: "group '\(kv[0])' is named twice") }
+            out[group[0]] = v
+        }
+        return out
+    }
+
     /// The adapters these options ask for (nil: no LoRA).
     public var lora: LoRAConfig? {
         guard loraR > 0 else { return nil }
@@ -150,6 +169,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if batchSize < 1 { try fail("batch-size", "\(batchSize) must be >= 1") }
         if gradAccumulationSteps < 1 { try fail("grad-accumulation-steps", "\(gradAccumulationSteps) must be >= 1") }
         if !(lr > 0) || !lr.isFinite { try fail("lr", "\(lr) must be a positive number") }
+        if let m = lrMultipliers {
+            do { _ = try Self.parseMultipliers(m) } catch { try fail("lr-multipliers", "\(error)") }
+        }
         if epochs < 1 { try fail("epochs", "\(epochs) must be >= 1") }
         if stepsPerEpoch < 1 { try fail("steps-per-epoch", "\(stepsPerEpoch) must be >= 1") }
         if warmupSteps < 0 { try fail("warmup-steps", "\(warmupSteps) must be >= 0") }

@@ -96,6 +96,15 @@ public final class Trainer {
         let flat = FlatBuckets(layout: layout, tensors: entries.map(\.tensor))
         optimizer = ZeroAdamW(buckets: flat, comm: comm, stage: options.zeroStage, betas: (options.beta1, options.beta2),
                               weightDecay: options.weightDecay)
+        if let text = options.lrMultipliers {
+            let byGroup = try TrainOptions.parseMultipliers(text)
+            var perTensor: [String: Float] = [:]
+            for e in entries {
+                // "llm" means the whole LLaMA stack: q_proj and v_proj (group lora-target) too, unless named on their own
+                if let s = byGroup[e.group] ?? (e.group == .loraTarget ? byGroup[.llm] : nil) { perTensor[e.name] = s }
+            }
+            optimizer.lrMultipliers = perTensor
+        }
         schedule = WarmupDecayLR(maxLR: options.lr, warmupSteps: options.warmupSteps, totalSteps: options.totalSteps)
         if let v = options.valDatasetDir {
             validation = try ShardBatches(reader: try ShardReader(directory: v), config: source.model.config,

@@ -141,6 +141,33 @@ public final class ZeroAdamW {
         public var skipped: Bool
     }
 
+    /// Per-tensor learning-rate multipliers (PyTorch's param groups with their own lr; `--lr-multipliers`), by the
+    /// tensor's name in the layout; absent: 1. Set before the first update.
+    public var lrMultipliers: [String: Float] = [:] {
+        didSet { lrPieces = Self.pieces(layout: buckets.layout, multipliers: lrMultipliers) }
+    }
+    /// Per bucket: the element ranges (bucket coordinates, padding included) and their multiplier, in order.
+    var lrPieces: [[(range: Range<Int>, scale: Float)]] = []
+
+    static func pieces(layout L: BucketLayout, multipliers: [String: Float]) -> [[(range: Range<Int>, scale: Float)]] {
+        L.buckets.indices.map { b in
+            var out: [(range: Range<Int>, scale: Float)] = []
+            var at = 0
+            for p in L.params.filter({ $0.bucket == b }).sorted(by: { $0.offset < $1.offset }) {
+                let s = multipliers[p.name] ?? 1
+                if p.offset > at { out.append((at..<p.offset, 1)) }
+                if let last = out.last, last.scale == s, last.range.upperBound == p.offset {
+                    out[out.count - 1].range = last.range.lowerBound..<(p.offset + p.count)
+                } else {
+                    out.append((p.offset..<(p.offset + p.count), s))
+                }
+                at = p.offset + p.count
+            }
+            if at < L.buckets[b].padded { out.append((at..<L.buckets[b].padded, 1)) }
+            return out
+        }
+    }
+
     /// Fault injection (tests, PIXELLM_FAULT_NAN_GRADIENT): the next update finds a NaN in one gradient element of
     /// this rank, put where the reduction carries it to every rank (before the reduce in stages 0 and 1, in the
     /// reduced slice in stage 2, whose norm is summed over ranks).
@@ -191,13 +218,21 @@ public final class ZeroAdamW {
         let skipped = !norm.isFinite
         if !skipped {
             step += 1
-            let (stepSize, bc2Sqrt, decay) = AdamWKernel.constants(lr: lr, step: step, beta1: beta1, beta2: beta2, weightDecay: weightDecay)
             for b in L.buckets.indices {
                 let (g, n) = gradient(b)
                 if coef != 1 { for i in 0..<n { g[i] *= coef } }
                 let base = stage == 0 ? 0 : comm.rank * L.sliceLength(b)
-                AdamWKernel.update(buckets.values[b].ptr + base, UnsafePointer(g), m[b].ptr, v[b].ptr, n: n, decay: decay,
-                                   beta1: beta1, beta2: beta2, stepSize: stepSize, bc2Sqrt: bc2Sqrt, eps: eps)
+                // the owned elements base ..< base + n, piece by piece with each piece's learning rate
+                let pieces = lrPieces.isEmpty ? [(range: 0..<L.buckets[b].padded, scale: Float(1))] : lrPieces[b]
+                for piece in pieces {
+                    let lo = max(piece.range.lowerBound, base), hi = min(piece.range.upperBound, base + n)
+                    guard lo < hi else { continue }
+                    let (stepSize, bc2Sqrt, decay) = AdamWKernel.constants(lr: lr * piece.scale, step: step, beta1: beta1, beta2: beta2,
+                                                                           weightDecay: weightDecay)
+                    let k = lo - base
+                    AdamWKernel.update(buckets.values[b].ptr + lo, UnsafePointer(g + k), m[b].ptr + k, v[b].ptr + k, n: hi - lo, decay: decay,
+                                       beta1: beta1, beta2: beta2, stepSize: stepSize, bc2Sqrt: bc2Sqrt, eps: eps)
+                }
             }
         }
         updateSeconds += Date().timeIntervalSince(t1)

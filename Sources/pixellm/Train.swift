@@ -35,6 +35,7 @@ struct Train: ParsableCommand {
     @Option(name: both("beta1"), help: "Default 0.9.") var beta1: Float?
     @Option(name: both("beta2"), help: "Default 0.95.") var beta2: Float?
     @Option(name: both("gradient-clipping"), help: "Max global gradient norm (default 1.0; 0: off).") var gradientClipping: Float?
+    @Option(name: both("lr-multipliers"), help: "Learning-rate multipliers per parameter group, e.g. decoder=2,llm=0.5 (the --trainable group names; others 1; 0 freezes a group's values).") var lrMultipliers: String?
     @Option(name: both("heartbeat-seconds"), help: "While the ranks wait for a slow one, rank 0 names it every this many seconds (default 60; 0: never).") var heartbeatSeconds: Double?
     @Option(name: both("collective-timeout"), help: "Abort the job, naming the rank, when the others have waited this many seconds for it (default 1800; 0: wait forever).") var collectiveTimeout: Double?
     @Option(name: both("max-skipped-in-a-row"), help: "Stop when this many updates in a row are skipped for a non-finite gradient (default 8; 0: never).") var maxSkippedInARow: Int?
@@ -86,7 +87,7 @@ struct Train: ParsableCommand {
         set(gradAccumulationSteps, \.gradAccumulationSteps); set(lr, \.lr); set(epochs, \.epochs)
         set(stepsPerEpoch, \.stepsPerEpoch); set(warmupSteps, \.warmupSteps); set(weightDecay, \.weightDecay)
         set(beta1, \.beta1); set(beta2, \.beta2); set(gradientClipping, \.gradientClipping); set(maxSkippedInARow, \.maxSkippedInARow)
-        set(heartbeatSeconds, \.heartbeatSeconds); set(collectiveTimeout, \.collectiveTimeout)
+        setOpt(lrMultipliers, \.lrMultipliers); set(heartbeatSeconds, \.heartbeatSeconds); set(collectiveTimeout, \.collectiveTimeout)
         set(ceLossWeight, \.ceLossWeight); set(bceLossWeight, \.bceLossWeight); set(diceLossWeight, \.diceLossWeight)
         set(zeroStage, \.zeroStage); set(seed, \.seed); set(logBaseDir, \.logBaseDir); set(expName, \.expName)
         set(saveSteps, \.saveSteps); setOpt(saveTotalLimit, \.saveTotalLimit); setOpt(maxSteps, \.maxSteps)

@@ -91,6 +91,54 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// Learning-rate multipliers (param groups): every tensor steps as AdamW at lr x its multiplier, also where
+    /// tensors of different multipliers share a bucket; multiplier 0 leaves the values as they were.
+    func testLearningRateMultipliersArePerTensorAdamW() throws {
+        let shapes = [[4, 3], [7], [2, 5, 3], [1], [6]]
+        let mult: [Float] = [2, 1, 0, 0.5, 1]
+        for stage in [0, 1, 2] {
+            let ours = Self.tensors(shapes, seed: 7), ref = Self.tensors(shapes, seed: 7)
+            let layout = BucketLayout(tensors: shapes.enumerated().map { ("p\($0.offset)", $0.element) }, worldSize: 1, capElements: 20)
+            XCTAssertLessThan(layout.buckets.count, shapes.count, "some bucket holds tensors of different multipliers")
+            let opt = ZeroAdamW(buckets: FlatBuckets(layout: layout, tensors: ours), comm: LocalCommunicator(), stage: stage,
+                                betas: (0.9, 0.95), weightDecay: 0.1)
+            opt.lrMultipliers = ["p0": 2, "p2": 0, "p3": 0.5]
+            let adams = ref.map { AdamW(params: [$0], lr: 0, betas: (0.9, 0.95), weightDecay: 0.1) }
+            let frozen = ref[2].toArray()
+            for step in 0..<4 {
+                let grads = Self.tensors(shapes, seed: 200 + UInt64(step))
+                opt.beginMicroBatch()
+                for (t, g) in zip(ours, grads) {
+                    for i in 0..<t.count { t.grad!.ptr[i] += g.ptr[i] }
+                    opt.leafComplete(t)
+                }
+                opt.endMicroBatch()
+                let lr: Float = 1e-2 * Float(step + 1) / 4
+                _ = opt.update(lr: lr, maxGradNorm: nil)
+                for (k, p) in ref.enumerated() {
+                    p.grad = grads[k]
+                    adams[k].lr = lr * mult[k]
+                    adams[k].update()
+                }
+                for (k, (a, b)) in zip(ours, ref).enumerated() {
+                    XCTAssertEqual(a.toArray(), b.toArray(), "stage \(stage) step \(step) tensor \(k) (x\(mult[k]))")
+                }
+            }
+            XCTAssertEqual(ours[2].toArray(), frozen, "multiplier 0: unchanged")
+            XCTAssertNotEqual(ours[0].toArray(), Self.tensors(shapes, seed: 7)[0].toArray())
+        }
+        // the option: groups by name, numbers >= 0
+        XCTAssertEqual(try TrainOptions.parseMultipliers("decoder=2, llm=0.5"), [.decoder: 2, .llm: 0.5])
+        for bad in ["decoder", "decoder=-1", "decoder=x", "nosuch=1", "llm=1,llm=2", "decoder=inf"] {
+            XCTAssertThrowsError(try TrainOptions.parseMultipliers(bad), bad)
+        }
+        var o = TrainOptions()
+        o.config = "c"
+        o.datasetDir = "d"
+        o.lrMultipliers = "decoder=-2"
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("--lr-multipliers"), "\($0)") }
+    }
+
     /// The global batch dealt to ranks by cost: a partition with equal counts, deterministic, and far better
     /// balanced than the strided split on skewed costs.
     func testCostBalancedSplitOfTheGlobalBatch() {

@@ -245,6 +245,23 @@ final class TrainRunTests: XCTestCase {
         XCTAssertEqual(try lines("nan-stop").count, 4, "the run stopped at the third skipped update in a row")
     }
 
+    /// Learning-rate multipliers under ZeRO-2 slices (each rank steps its slice piece by piece): N = 2 gives the
+    /// weights of N = 1; a group at multiplier 0 keeps its initial values.
+    func testLearningRateMultipliersAreRankIndependent() throws {
+        let mult = ["--lr-multipliers", "decoder=0,llm=3"]
+        try train(try common("lrm-n1", steps: 6, bs: 2, ga: 2, extra: mult))
+        try train(try common("lrm-n2", steps: 6, bs: 2, ga: 1, extra: mult + ["--zero-stage", "2"]), ranks: 2)
+        try train(try common("lrm-1step", steps: 1, bs: 2, ga: 2, extra: mult))
+        let one = try Self.weights("lrm-n1"), two = try Self.weights("lrm-n2"), first = try Self.weights("lrm-1step")
+        let (d, worst) = Self.relDiffWhere(Self.split(two).1, Self.split(one).1)
+        print("train parity with lr multipliers: \(String(format: "%.2e", d)) relative (largest: \(worst))")
+        XCTAssertLessThanOrEqual(d, 1e-5)
+        let decoder = one.keys.filter { $0.hasPrefix("model.mask_decoder.") }
+        XCTAssertFalse(decoder.isEmpty)
+        for k in decoder { XCTAssertEqual(two[k], first[k], "\(k): multiplier 0 keeps the initial values") }
+        XCTAssertNotEqual(two["lm_head.weight"], first["lm_head.weight"], "the other groups train")
+    }
+
     // MARK: (b), (c)
 
     func testStoppedAndResumedRunEqualsAnUninterruptedOne() throws {
