@@ -6,7 +6,7 @@ import PackageDescription
 
 let parsers: [Target.Dependency] = ["FuzzCommon", .product(name: "PixelParsers", package: "pixellm")]
 let targets = ["FuzzJSON", "FuzzSafetensors", "FuzzTorchBin", "FuzzRefsPickle", "FuzzTokenizerJSON", "FuzzSentencePiece",
-               "FuzzRLE", "FuzzImage", "FuzzCheckpointManifest"]
+               "FuzzRLE", "FuzzImage", "FuzzCheckpointManifest", "FuzzZip", "FuzzShard", "FuzzShardHDF5", "FuzzLabelme"]
 
 let package = Package(
     name: "pixellm-fuzz",

@@ -148,7 +148,7 @@ public final class ReasonSegReader: DatasetReader {
     }
 
     /// get_mask_from_json: 0 background, 1 target, 255 ignore.
-    static func labelMask(_ shapes: [Any], height: Int, width: Int, file: String) throws -> [UInt8] {
+    public static func labelMask(_ shapes: [Any], height: Int, width: Int, file: String) throws -> [UInt8] {
         var polys: [(label: String, points: [(Int, Int)], area: Int)] = []
         for (k, s) in shapes.enumerated() {
             guard let d = s as? [String: Any], let label = d["label"] as? String else {

@@ -178,15 +178,36 @@ enum H5 {
         let space = try ck(H5Dget_space(ds), "H5Dget_space", file, name)
         defer { H5Sclose(space) }
         let r = Int(H5Sget_simple_extent_ndims(space))
+        guard r >= 0, r <= 32 else { throw ShardError(file: file, "dataset '\(name)' has rank \(r)") }
         var dims = [hsize_t](repeating: 0, count: max(r, 1))
         H5Sget_simple_extent_dims(space, &dims, nil)
-        return (0..<r).map { Int(dims[$0]) }
+        return try (0..<r).map {
+            guard let d = Int(exactly: dims[$0]), d <= 1 << 40 else { throw ShardError(file: file, "dataset '\(name)' has a dimension of \(dims[$0])") }
+            return d
+        }
+    }
+
+    /// Elements of `shape`, checked against what the file can hold: the arrays read whole are stored uncompressed
+    /// (one byte or more per element), so a dataset that declares more elements than the file has bytes is damaged
+    /// or crafted; refused before any allocation.
+    static func elementCount(_ shape: [Int], _ name: String, _ file: String) throws -> Int {
+        var n = 1
+        for d in shape {
+            let (m, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw ShardError(file: file, "dataset '\(name)' has shape \(shape): too many elements") }
+            n = m
+        }
+        let bytes = ((try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? NSNumber)?.intValue ?? Int.max
+        guard n <= bytes else {
+            throw ShardError(file: file, "dataset '\(name)' declares \(n) elements, more than the file's \(bytes) bytes can hold: damaged shard")
+        }
+        return n
     }
 
     /// Reads a whole dataset converted to `T` (HDF5 converts between integer types).
     static func read<T: FixedWidthInteger>(_ fid: hid_t, _ name: String, as _: T.Type, type: hid_t, _ file: String) throws -> (values: [T], shape: [Int]) {
         let sh = try shape(fid, name, file)
-        let n = sh.reduce(1, *)
+        let n = try elementCount(sh, name, file)
         var out = [T](repeating: 0, count: n)
         if n > 0 {
             let ds = try ck(H5Dopen2(fid, name, pixel_h5p_default()), "H5Dopen2", file, name)
@@ -206,6 +227,35 @@ enum H5 {
     }
     static func bytes(_ fid: hid_t, _ name: String, _ file: String) throws -> [UInt8] {
         try read(fid, name, as: UInt8.self, type: pixel_h5t_native_uint8(), file).values
+    }
+}
+
+/// A shard file written field by field with whatever values are given, consistent or not: the structure-aware
+/// shard fuzzer and tests use it to reach ShardFile's checks with well-formed HDF5 (libhdf5's own parser is not
+/// what they test). `images` gives the images dataset's shape (uint8, chunked per image, never written: HDF5
+/// reads its fill value, 0).
+public enum RawShardFile {
+    public static func write(path: String, int64s: [String: [Int64]], int32s: [String: [Int32]], bytes: [String: [UInt8]],
+                             images: [Int], stringAttributes: [String: String], intAttributes: [String: Int64]) throws {
+        H5.lock.lock(); defer { H5.lock.unlock() }
+        pixel_h5_quiet()
+        let fid = try H5.ck(H5Fcreate(path, pixel_h5f_acc_trunc(), pixel_h5p_default(), pixel_h5p_default()), "H5Fcreate", path)
+        defer { H5Fclose(fid) }
+        for (k, v) in int64s.sorted(by: { $0.key < $1.key }) { try H5.write(fid, k, v, path) }
+        for (k, v) in int32s.sorted(by: { $0.key < $1.key }) { try H5.write(fid, k, v, path) }
+        for (k, v) in bytes.sorted(by: { $0.key < $1.key }) { try H5.write(fid, k, v, path) }
+        if images.count == 4, images.allSatisfy({ $0 >= 0 }) {
+            var d = images.map { hsize_t($0) }
+            let space = try H5.ck(H5Screate_simple(4, &d, nil), "H5Screate_simple", path, "images")
+            defer { H5Sclose(space) }
+            let p = try H5.dcpl(path, chunk: [1, max(images[1], 1), max(images[2], 1), 3])
+            defer { H5Pclose(p) }
+            let ds = try H5.ck(H5Dcreate2(fid, "images", pixel_h5t_native_uint8(), space, pixel_h5p_default(), p, pixel_h5p_default()),
+                               "H5Dcreate2", path, "images")
+            H5Dclose(ds)
+        }
+        for (k, v) in stringAttributes.sorted(by: { $0.key < $1.key }) { try H5.writeStringAttr(fid, k, v, path) }
+        for (k, v) in intAttributes.sorted(by: { $0.key < $1.key }) { try H5.writeIntAttr(fid, k, v, path) }
     }
 }
 
@@ -404,6 +454,7 @@ public final class ShardFile {
                 throw ShardError(file: path, "shard format version \(formatVersion), this build reads version \(ShardFormat.version)")
             }
             imageSize = Int(ia["image_size"] ?? 0)
+            guard imageSize >= 1 && imageSize <= 4096 else { throw ShardError(file: path, "image_size \(imageSize) is not in 1...4096") }
             count = Int(ia["num_samples"] ?? -1)
             validSize = try H5.int32s(fid, "valid_size", path)
             origSize = try H5.int32s(fid, "orig_size", path)
@@ -427,6 +478,19 @@ public final class ShardFile {
                   rleOffsets.last == rleBytes.count, metaOffsets.last == metaBytes.count,
                   tokenOffsets.last == ids.count, ids.count == labels.count, convOffsets.last == tokenOffsets.count - 1
             else { throw ShardError(file: path, "inconsistent array sizes (\(n) samples, images \(imgShape)): damaged shard") }
+            // every offset array runs from 0, never backwards, to the end of what it indexes
+            func ordered(_ a: [Int]) -> Bool { a.first == 0 && zip(a, a.dropFirst()).allSatisfy { $0 <= $1 } }
+            for (k, a) in [("mask_offsets", maskOffsets), ("mask_rle_offsets", rleOffsets), ("meta_offsets", metaOffsets),
+                           ("conv_offsets", convOffsets), ("token_offsets", tokenOffsets)] where !ordered(a) {
+                throw ShardError(file: path, "\(k) do not run in order from 0: damaged shard")
+            }
+            for k in 0..<n {
+                let (h, w) = (Int(validSize[2 * k]), Int(validSize[2 * k + 1]))
+                guard h >= 0, h <= imageSize, w >= 0, w <= imageSize, origSize[2 * k] >= 0, origSize[2 * k + 1] >= 0 else {
+                    throw ShardError(file: path, "sample \(k): valid size \(h) x \(w) (image size \(imageSize)), original \(origSize[2 * k]) x \(origSize[2 * k + 1]): damaged shard")
+                }
+            }
+            if let bad = maskSize.first(where: { $0 < 0 || $0 > 1 << 16 }) { throw ShardError(file: path, "a mask size of \(bad): damaged shard") }
         } catch {
             H5Fclose(fid)
             throw error

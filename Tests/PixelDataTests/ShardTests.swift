@@ -421,4 +421,36 @@ final class ShardTests: XCTestCase {
             XCTAssertEqual((e as? ShardError)?.file, self.tmp + "/ix/shard-00000.h5")
         }
     }
+
+    /// Arrays whose sizes agree but whose contents do not (found by fuzzing: a declared dimension of 2^55 was
+    /// allocated, offsets running backwards sliced out of range) are named errors, never a trap.
+    func testInconsistentArraysAreNamedErrors() throws {
+        func write(_ path: String, _ edit: (inout [String: [Int64]], inout [String: [Int32]]) -> Void) throws {
+            // one sample, one mask, one conversation of 2 tokens, at image size 4
+            var i64: [String: [Int64]] = ["item": [0], "mask_offsets": [0, 1], "mask_rle_offsets": [0, 2], "meta_offsets": [0, 2],
+                                          "conv_offsets": [0, 1], "token_offsets": [0, 2]]
+            var i32: [String: [Int32]] = ["valid_size": [4, 4], "orig_size": [8, 8], "mask_size": [8, 8], "input_ids": [1, 2], "labels": [-100, 2]]
+            edit(&i64, &i32)
+            try RawShardFile.write(path: path, int64s: i64, int32s: i32,
+                                   bytes: ["mask_rle": Array("0P".utf8), "meta": Array("{}".utf8), "skips": Array("[]".utf8)],
+                                   images: [1, 4, 4, 3], stringAttributes: ["format": ShardFormat.name],
+                                   intAttributes: ["format_version": Int64(ShardFormat.version), "image_size": 4, "num_samples": 1])
+        }
+        let ok = tmp + "/raw-ok.h5"
+        try write(ok) { _, _ in }
+        XCTAssertEqual(try ShardFile(path: ok).count, 1)
+        let cases: [(String, String, (inout [String: [Int64]], inout [String: [Int32]]) -> Void)] = [
+            ("backwards", "do not run in order", { a, _ in a["mask_rle_offsets"] = [1, 2] }),
+            ("valid-size", "valid size 9 x 4", { _, b in b["valid_size"] = [9, 4] }),
+            ("mask-size", "a mask size of -8", { _, b in b["mask_size"] = [-8, 8] }),
+        ]
+        for (name, words, edit) in cases {
+            let path = tmp + "/raw-\(name).h5"
+            try write(path, edit)
+            XCTAssertThrowsError(try ShardFile(path: path), name) { e in
+                XCTAssertEqual((e as? ShardError)?.file, path)
+                XCTAssertTrue("\(e)".contains(words), "\(name): \(e)")
+            }
+        }
+    }
 }
