@@ -49,13 +49,18 @@ public struct RLE: Equatable, Hashable, Sendable {
     /// Checks that the counts are non-negative and sum to height * width.
     public init(height: Int, width: Int, counts: [Int], item: String = "RLE") throws {
         guard height >= 0, width >= 0 else { throw MaskError(item: item, "invalid RLE size [\(height), \(width)]") }
+        let (area, tooBig) = height.multipliedReportingOverflow(by: width)
+        guard !tooBig else { throw MaskError(item: item, "invalid RLE size [\(height), \(width)]") }
         var sum = 0
         for (i, c) in counts.enumerated() {
             guard c >= 0 else { throw MaskError(item: item, "RLE count \(i) is negative (\(c))") }
-            sum += c
+            // counts from a file can add up past Int.max
+            let (next, overflow) = sum.addingReportingOverflow(c)
+            guard !overflow else { throw MaskError(item: item, "RLE counts overflow at count \(i): far more than height * width = \(area)") }
+            sum = next
         }
-        guard sum == height * width else {
-            throw MaskError(item: item, "RLE counts sum to \(sum), not height * width = \(height) * \(width) = \(height * width)")
+        guard sum == area else {
+            throw MaskError(item: item, "RLE counts sum to \(sum), not height * width = \(height) * \(width) = \(area)")
         }
         self.height = height
         self.width = width
@@ -152,7 +157,11 @@ public struct RLE: Equatable, Hashable, Sendable {
                 p += 1
                 if !more && (group & 0x10) != 0 { x |= -1 << shift }   // sign-extend
             }
-            if counts.count > 2 { x += counts[counts.count - 2] }
+            if counts.count > 2 {
+                let (v, overflow) = x.addingReportingOverflow(counts[counts.count - 2])
+                guard !overflow else { throw MaskError(item: item, "compressed RLE value \(counts.count) overflows") }
+                x = v
+            }
             counts.append(x)
         }
         try self.init(height: height, width: width, counts: counts, item: item)

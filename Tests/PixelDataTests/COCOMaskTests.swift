@@ -140,6 +140,12 @@ final class COCOMaskTests: XCTestCase {
         assertThrows(try RLE.polygon([0, 0, 1e300, 1, 2, 2], height: 4, width: 4, item: "p"), containing: ["p", "coordinate 2"], "huge")
         assertThrows(try RLE.polygon([0, 0, 1], height: 4, width: 4, item: "p"), containing: ["p", "3 coordinates"], "odd")
         assertThrows(try RLE(height: 2, width: 2, counts: [1, 2], item: "r"), containing: ["r", "sum to 3", "4"], "bad RLE")
+        // counts whose sum passes Int.max (found by FuzzRLE: an overflow trap), plain and compressed (each "o" group of
+        // 12 characters is a delta near 2^59, added to the count two before it)
+        assertThrows(try RLE(height: 2, width: 2, counts: [Int.max, Int.max], item: "r"), containing: ["r", "overflow"], "sum overflow")
+        let huge = String(repeating: "0", count: 2) + String(repeating: "ooooooooooo?", count: 40)
+        assertThrows(try RLE(height: 2, width: 2, compressed: huge, item: "c"), containing: ["c", "overflow"], "delta overflow")
+        assertThrows(try RLE(height: Int.max, width: 2, counts: [], item: "s"), containing: ["s", "size"], "size overflow")
     }
 
     func testPolygonEdgeCases() throws {
