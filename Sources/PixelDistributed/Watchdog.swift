@@ -3,7 +3,8 @@
 // A collective blocks until every rank has called it; when one rank is stalled (a hung disk, a swapping node, a
 // debugger) the others wait inside MPI without a word, forever. `Communicator.checkIn(_:)` is called by the
 // trainer just before each point where the ranks wait for each other anyway (the step's first allreduce, the end
-// of each ZeRO-2 micro-batch, the update, a checkpoint), so it adds no synchronisation of its own: every rank
+// of each ZeRO-2 micro-batch, the update, a checkpoint, the validation and evaluation reductions), so it adds no
+// synchronisation of its own: every rank
 // tells rank 0 it has arrived (one small message), and waits for rank 0's release. While it waits, rank 0 names
 // the ranks that have not arrived every `heartbeat` seconds, and after `timeout` seconds aborts the job naming
 // them (MPI_Abort: mpirun ends every rank). The other ranks name rank 0 when it is the one that does not answer

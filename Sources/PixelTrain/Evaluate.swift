@@ -420,6 +420,11 @@ public final class Evaluator {
             progress?(done * comm.size, n)
         }
         // every rank learns whether any failed (no rank may hang in the gather below)
+        // the ranks' shares of generation can differ by far more than a training step: name the wait, never abort
+        let watchdog = CommWatchdog.current
+        CommWatchdog.current.timeout = 0
+        comm.checkIn("evaluation of \(source.dataset.name): this rank's images done")
+        CommWatchdog.current = watchdog
         let failed = comm.allreduce(Int32(firstError == nil ? 0 : 1), op: .max)
         if failed != 0 {
             throw EvalError.data(source.dataset.name, firstError ?? "another rank failed (see its message)")

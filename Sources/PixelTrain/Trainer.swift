@@ -214,6 +214,7 @@ public final class Trainer {
                 sums[4] += nm
             }
         }
+        comm.checkIn("validation loss: this rank's samples done")
         comm.allreduce(&sums, op: .sum)
         let ce = sums[3] > 0 ? sums[0] / sums[3] : 0, bce = sums[4] > 0 ? sums[1] / sums[4] : 0, dice = sums[4] > 0 ? sums[2] / sums[4] : 0
         let loss = Double(options.ceLossWeight) * ce + Double(options.bceLossWeight) * bce + Double(options.diceLossWeight) * dice
