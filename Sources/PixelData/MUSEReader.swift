@@ -78,6 +78,10 @@ enum ReaderJSON {
         return d
     }
 
+    /// A file name from an annotation that stays inside the directory it is joined to: relative, and no ".."
+    /// component (a dataset from a stranger must not make pixellm read files elsewhere).
+    static func staysInside(_ name: String) -> Bool { !name.hasPrefix("/") && !name.split(separator: "/").contains("..") }
+
     static func basename(_ path: String) -> String { path.split(separator: "/").last.map(String.init) ?? path }
 }
 
@@ -160,6 +164,7 @@ public final class MUSEReader: DatasetReader {
             let imagePath: String
             if let f = r["file_name"] {
                 guard let s = f as? String, !s.isEmpty else { throw bad("'file_name' is \(ReaderJSON.typeName(f)), not a file name") }
+                guard ReaderJSON.staysInside(s) else { throw bad("'file_name' \(s) leaves the image directory") }
                 imagePath = "\(coco)/train2014/\(s)"
             } else if let u = r["coco_url"] {
                 guard let s = u as? String, !s.isEmpty else { throw bad("'coco_url' is \(ReaderJSON.typeName(u)), not a URL") }

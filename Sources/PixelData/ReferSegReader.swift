@@ -121,6 +121,7 @@ public final class ReferSegReader: DatasetReader {
             guard let f = d["file_name"] as? String, let h = CocoJSON.int(d["height"]), let w = CocoJSON.int(d["width"]), h > 0, w > 0 else {
                 throw DatasetError(file: inst, "images[\(i)] (id \(id)) needs \"file_name\" and positive \"height\", \"width\"")
             }
+            guard ReaderJSON.staysInside(f) else { throw DatasetError(file: inst, "images[\(i)] (id \(id)): file_name \(f) leaves the image directory") }
             images[id] = ImageInfo(fileName: f, height: h, width: w)
         }
         self.images = images

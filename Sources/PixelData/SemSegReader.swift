@@ -195,6 +195,7 @@ public final class SemSegReader: DatasetReader {
                   let h = CocoJSON.int(im["height"]), let w = CocoJSON.int(im["width"]), h > 0, w > 0 else {
                 throw DatasetError(file: file, "images[\(i)] needs an integer \"id\", \"file_name\" and positive \"height\", \"width\"")
             }
+            guard ReaderJSON.staysInside(f) else { throw DatasetError(file: file, "images[\(i)]: file_name \(f) leaves the image directory") }
             if where_[id] == nil { where_[id] = images.count; images.append(PartImage(id: id, path: imageRoot + "/" + f, height: h, width: w, anns: [])) }
             else { images[where_[id]!] = PartImage(id: id, path: imageRoot + "/" + f, height: h, width: w, anns: images[where_[id]!].anns) }
         }

@@ -34,6 +34,7 @@ public final class VQAReader: DatasetReader {
             func bad(_ what: String) -> DatasetError { DatasetError(file: path, "entry \(k): \(what)") }
             guard let d = e as? [String: Any] else { throw bad("is \(ReaderJSON.typeName(e)), not a dict") }
             guard let img = d["image"] as? String, !img.isEmpty else { throw bad("'image' is \(ReaderJSON.typeName(d["image"])), not a file name") }
+            guard ReaderJSON.staysInside(img) else { throw bad("'image' \(img) leaves the image directory") }
             guard let conv = d["conversations"] as? [Any] else {
                 throw bad("'conversations' is \(ReaderJSON.typeName(d["conversations"])), not a list")
             }

@@ -6,6 +6,17 @@ public func isPlainFileName(_ name: String) -> Bool {
     !name.isEmpty && !name.contains("/") && name != "." && name != ".."
 }
 
+/// Why the file at `path`, a name an index or manifest gave inside `path`'s directory, is not allowed: it is a
+/// symbolic link that leads outside that directory (datasets may link their images anywhere; the files of a shard
+/// directory, a checkpoint or a sharded safetensors checkpoint may not). nil when it is fine or does not exist.
+public func linkLeavesDirectory(_ path: String) -> String? {
+    guard let dest = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return nil }
+    let dir = URL(fileURLWithPath: (path as NSString).deletingLastPathComponent).resolvingSymlinksInPath().path
+    let target = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+    guard !target.hasPrefix(dir + "/") else { return nil }
+    return "is a symbolic link to \(dest), outside its directory \(dir)"
+}
+
 private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }
 
 /// Atomic file replacement: the content goes to `<path>.tmp-<pid>-<n>` (unique per process and call),

@@ -101,7 +101,9 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
     public func verifyFiles(in dir: String) throws {
         for f in files {
             let path = (dir as NSString).appendingPathComponent(f.name)
-            guard let attrs = try? FileManager.default.attributesOfItem(atPath: path), let size = attrs[.size] as? Int else {
+            if let why = linkLeavesDirectory(path) { throw TrainError.file(path, why) }
+            let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+            guard let attrs = try? FileManager.default.attributesOfItem(atPath: real), let size = attrs[.size] as? Int else {
                 throw TrainError.file(path, "missing (the manifest lists it)")
             }
             guard size == f.bytes else { throw TrainError.file(path, "\(size) bytes, the manifest says \(f.bytes) (truncated or replaced?)") }

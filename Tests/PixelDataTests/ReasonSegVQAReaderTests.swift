@@ -157,6 +157,16 @@ final class ReasonSegVQAReaderTests: XCTestCase {
         assertThrows(try VQAReader(datasetDir: Self.root, file: "llava_broken"),
                      containing: ["llava_broken.json", "entry 0", "'conversations'", "not a list"], "broken")
         assertThrows(try VQAReader(datasetDir: Self.root, file: "llava_v1_5_mix665k"), containing: ["llava_v1_5_mix665k.json", "file not found"], "missing")
+        // an image name that leaves the image directory is refused, naming the file and entry
+        let dir = NSTemporaryDirectory() + "pixellm-vqa-escape-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir + "/llava_dataset", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (k, name) in ["../../../etc/passwd", "/etc/passwd", "coco/../../x.jpg"].enumerated() {
+            let json = #"[{"image": "\#(name)", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]"#
+            try json.write(toFile: dir + "/llava_dataset/escape\(k).json", atomically: true, encoding: .utf8)
+            assertThrows(try VQAReader(datasetDir: dir, file: "escape\(k)"), containing: ["escape\(k).json", "entry 0", "leaves the image directory"], name)
+        }
+        XCTAssertTrue(ReaderJSON.staysInside("COCO_train2014_000000000009.jpg") && ReaderJSON.staysInside("coco/train2017/a..b.jpg"))
     }
 
     /// ReasonSeg and VQA over a tree written by `pixellm synth`: everything reads; the cv2-rasterised ReasonSeg

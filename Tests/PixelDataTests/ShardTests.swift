@@ -411,6 +411,19 @@ final class ShardTests: XCTestCase {
             XCTAssertEqual((e as? ShardError)?.file, shard)
             XCTAssertTrue("\(e)".contains("CRC-32") && "\(e)".contains("damaged"), "\(e)")
         }
+        // a shard that is a link: inside the shard directory it reads, leading outside it is refused
+        try original.write(to: URL(fileURLWithPath: tmp + "/ix/copy.h5"))
+        try FileManager.default.removeItem(atPath: shard)
+        try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: "copy.h5")
+        XCTAssertNoThrow(try ShardReader(directory: tmp + "/ix").meta(0))
+        try original.write(to: URL(fileURLWithPath: tmp + "/outside.h5"))
+        try FileManager.default.removeItem(atPath: shard)
+        try FileManager.default.createSymbolicLink(atPath: shard, withDestinationPath: tmp + "/outside.h5")
+        XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
+            XCTAssertEqual((e as? ShardError)?.file, shard)
+            XCTAssertTrue("\(e)".contains("symbolic link") && "\(e)".contains("outside"), "\(e)")
+        }
+        try FileManager.default.removeItem(atPath: shard)
         try original.prefix(original.count - 100).write(to: URL(fileURLWithPath: shard))
         XCTAssertThrowsError(try ShardReader(directory: tmp + "/ix").meta(0)) { e in
             XCTAssertEqual((e as? ShardError)?.file, shard)
