@@ -245,10 +245,13 @@ public final class CLIPVisionModel: Module {
     /// Run size S (pixels) and grid g = S / patch.
     public let runSize: Int
     public var grid: Int { embeddings.runGrid }
+    /// The LLM image tokens pool the grid in llmPool x llmPool cells (PixelLMConfig.mmImagePool).
+    public let llmPool: Int
 
-    public init(vision: CLIPVisionConfig, runSize: Int, selectLayer: Int = -2, midLayer: Int = -11,
+    public init(vision: CLIPVisionConfig, runSize: Int, selectLayer: Int = -2, midLayer: Int = -11, llmPool: Int = 2,
                 positionResize: PositionTableResize = .reference, init initKind: Init?, rng: inout RNG) {
         config = vision
+        self.llmPool = llmPool
         self.runSize = runSize
         self.selectLayer = selectLayer
         self.midLayer = midLayer
@@ -272,7 +275,8 @@ public final class CLIPVisionModel: Module {
     public convenience init(config: PixelLMConfig, positionResize: PositionTableResize = .reference, init initKind: Init?,
                             rng: inout RNG) {
         self.init(vision: config.visionConfig, runSize: config.resizeVisionTowerSize, selectLayer: config.mmVisionSelectLayer,
-                  midLayer: config.mmVisionMidLayer, positionResize: positionResize, init: initKind, rng: &rng)
+                  midLayer: config.mmVisionMidLayer, llmPool: config.mmImagePool, positionResize: positionResize,
+                  init: initKind, rng: &rng)
     }
 
     /// New weights drawn from HF's normal(vision_config.initializer_range) (LayerNorms 1 / 0).
@@ -349,26 +353,29 @@ public final class CLIPVisionModel: Module {
     // MARK: projector helpers
 
     /// PixelLM's bilinear resize of the deep grid to half size, which is exactly 2x2 average pooling:
-    /// tokens [B, g * g, D] -> [B, (g / 2)^2, D] (raster order).
-    public static func poolTokens(_ tokens: Tensor, grid g: Int) -> Tensor {
-        guard tokens.rank == 3, tokens.dim(1) == g * g, g % 2 == 0 else {
-            shapeFailure(ShapeError("poolTokens", "tokens \(describe(tokens.shape)) are not [B, \(g * g), D] for an even grid \(g)"))
+    /// tokens [B, g * g, D] -> [B, (g / 2)^2, D] (raster order). `pool` k generalises it to k x k average
+    /// pooling (mm_image_pool; ours: for k > 2 it is not the bilinear resize, which would skip pixels).
+    public static func poolTokens(_ tokens: Tensor, grid g: Int, pool k: Int = 2) -> Tensor {
+        guard tokens.rank == 3, tokens.dim(1) == g * g, k >= 1, g % k == 0 else {
+            shapeFailure(ShapeError("poolTokens", "tokens \(describe(tokens.shape)) are not [B, \(g * g), D] for a grid \(g) divisible by the pooling \(k)"))
         }
-        let B = tokens.dim(0), D = tokens.dim(2), h = g / 2
+        if k == 1 { return tokens }
+        let B = tokens.dim(0), D = tokens.dim(2), h = g / k
         let x = tokens.transpose(1, 2).reshape([B, D, g, g])
-        return avgPool2d(x, kernel: 2).reshape([B, D, h * h]).transpose(1, 2)
+        return avgPool2d(x, kernel: k).reshape([B, D, h * h]).transpose(1, 2)
     }
 
-    public func poolTokens(_ tokens: Tensor) -> Tensor { Self.poolTokens(tokens, grid: grid) }
+    /// The deep features pooled to the LLM's image tokens (mm_image_pool, the released 2).
+    public func poolTokens(_ tokens: Tensor) -> Tensor { Self.poolTokens(tokens, grid: grid, pool: llmPool) }
 
-    /// The LLM attention-mask entries of the (g / 2)^2 image tokens, [B, (g / 2)^2] of 1 (valid) / 0:
-    /// valid16(i, j) = valid(2i, 2j) (nearest resize of the patch mask, spec 1.5).
+    /// The LLM attention-mask entries of the (g / k)^2 image tokens, [B, (g / k)^2] of 1 (valid) / 0:
+    /// valid(i, j) = patch valid(k i, k j) (nearest resize of the patch mask, spec 1.5, k = 2 there).
     public func llmImageMask(validSizes: [(height: Int, width: Int)]) -> Tensor {
-        let g = grid, h = g / 2
+        let g = grid, k = llmPool, h = g / k
         let m = Tensor.zeros([validSizes.count, h * h])
         for (b, s) in validSizes.enumerated() {
             let v = Self.patchValidity(height: s.height, width: s.width, grid: g, patch: config.patchSize)
-            for i in 0..<h { for j in 0..<h where v[2 * i * g + 2 * j] { m.ptr[b * h * h + i * h + j] = 1 } }
+            for i in 0..<h { for j in 0..<h where v[k * i * g + k * j] { m.ptr[b * h * h + i * h + j] = 1 } }
         }
         return m
     }

@@ -103,6 +103,11 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public var outDim = 256
     public var segTokenNum = 3
     public var imageFeatureScaleNum = 2
+    /// The LLM's image tokens are the deep CLIP grid average-pooled in k x k cells (the released model: 2, a
+    /// 32 x 32 grid giving 256 tokens). Ours, for small models: a finer grid for the decoder's masks without
+    /// a longer LLM sequence (patch 14 at 224 px with 4 gives 16 tokens). Written to config.json only when
+    /// it is not 2.
+    public var mmImagePool = 2
     /// "released" (the released code: fixed weights 1/(seg_token_num x image_feature_scale_num), i.e. each
     /// scale's query is sum_n h_n / 6) or "learned" (the paper's linear fusion, initialised to the released
     /// weights). "mean", this field's former name for the released fusion, is read as "released".
@@ -122,6 +127,7 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         case mmUseImStartEnd = "mm_use_im_start_end", resizeVisionTowerSize = "resize_vision_tower_size"
         case outDim = "out_dim", segTokenNum = "seg_token_num", imageFeatureScaleNum = "image_feature_scale_num"
         case tokenFusion = "token_fusion", visionConfig = "vision_config", decoderConfig = "decoder_config", lora
+        case mmImagePool = "mm_image_pool"
     }
 
     public init() {}
@@ -153,11 +159,41 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         outDim = try get(.outDim, d.outDim)
         segTokenNum = try get(.segTokenNum, d.segTokenNum)
         imageFeatureScaleNum = try get(.imageFeatureScaleNum, d.imageFeatureScaleNum)
+        mmImagePool = try get(.mmImagePool, d.mmImagePool)
         tokenFusion = try get(.tokenFusion, d.tokenFusion)
         if tokenFusion == "mean" { tokenFusion = "released" }
         visionConfig = try get(.visionConfig, d.visionConfig)
         decoderConfig = try get(.decoderConfig, d.decoderConfig)
         lora = try c.decodeIfPresent(LoRAConfig.self, forKey: .lora)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(vocabSize, forKey: .vocabSize)
+        try c.encode(hiddenSize, forKey: .hiddenSize)
+        try c.encode(intermediateSize, forKey: .intermediateSize)
+        try c.encode(numHiddenLayers, forKey: .numHiddenLayers)
+        try c.encode(numAttentionHeads, forKey: .numAttentionHeads)
+        try c.encode(numKeyValueHeads, forKey: .numKeyValueHeads)
+        try c.encode(rmsNormEps, forKey: .rmsNormEps)
+        try c.encode(ropeTheta, forKey: .ropeTheta)
+        try c.encode(maxPositionEmbeddings, forKey: .maxPositionEmbeddings)
+        try c.encode(initializerRange, forKey: .initializerRange)
+        try c.encode(tieWordEmbeddings, forKey: .tieWordEmbeddings)
+        try c.encode(mmHiddenSize, forKey: .mmHiddenSize)
+        try c.encode(mmVisionSelectLayer, forKey: .mmVisionSelectLayer)
+        try c.encode(mmVisionMidLayer, forKey: .mmVisionMidLayer)
+        try c.encode(mmUseImStartEnd, forKey: .mmUseImStartEnd)
+        try c.encode(resizeVisionTowerSize, forKey: .resizeVisionTowerSize)
+        try c.encode(outDim, forKey: .outDim)
+        try c.encode(segTokenNum, forKey: .segTokenNum)
+        try c.encode(imageFeatureScaleNum, forKey: .imageFeatureScaleNum)
+        try c.encode(tokenFusion, forKey: .tokenFusion)
+        try c.encode(visionConfig, forKey: .visionConfig)
+        try c.encode(decoderConfig, forKey: .decoderConfig)
+        try c.encodeIfPresent(lora, forKey: .lora)
+        // the released layout has no such field: a config that pools as the release does stays the release's
+        if mmImagePool != 2 { try c.encode(mmImagePool, forKey: .mmImagePool) }
     }
 
     /// Fields every config.json must state (a HF LLaMA config always does).
@@ -167,8 +203,8 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
     public var headDim: Int { hiddenSize / numAttentionHeads }
     /// CLIP grid at the resized input size (32 at 448 px with patch 14).
     public var visionGrid: Int { resizeVisionTowerSize / visionConfig.patchSize }
-    /// Image tokens spliced into the LLM input after 2x2 pooling (256 at 448 px).
-    public var imageTokenCount: Int { (visionGrid / 2) * (visionGrid / 2) }
+    /// Image tokens spliced into the LLM input after k x k pooling, k = mm_image_pool (256 at 448 px, k 2).
+    public var imageTokenCount: Int { (visionGrid / mmImagePool) * (visionGrid / mmImagePool) }
     /// Codebook size: seg tokens per target.
     public var segTokensPerTarget: Int { segTokenNum * imageFeatureScaleNum }
 
@@ -266,7 +302,10 @@ public struct PixelLMConfig: Codable, Equatable, Sendable {
         if numAttentionHeads % numKeyValueHeads != 0 { try fail("num_key_value_heads", "\(numKeyValueHeads) does not divide num_attention_heads \(numAttentionHeads)") }
         if visionConfig.hiddenSize % visionConfig.numAttentionHeads != 0 { try fail("vision_config.hidden_size", "not a multiple of its num_attention_heads") }
         if resizeVisionTowerSize % visionConfig.patchSize != 0 { try fail("resize_vision_tower_size", "\(resizeVisionTowerSize) is not a multiple of patch_size \(visionConfig.patchSize)") }
-        if visionGrid % 2 != 0 { try fail("resize_vision_tower_size", "the patch grid \(visionGrid) must be even (2x2 pooling)") }
+        if mmImagePool < 1 || mmImagePool > 64 { try fail("mm_image_pool", "\(mmImagePool) is not a pooling size from 1 to 64") }
+        if visionGrid % mmImagePool != 0 {
+            try fail("resize_vision_tower_size", "the patch grid \(visionGrid) is not a multiple of mm_image_pool \(mmImagePool) (\(mmImagePool)x\(mmImagePool) pooling)")
+        }
         if visionConfig.numHiddenLayers < max(-mmVisionSelectLayer, -mmVisionMidLayer) - 1 {
             try fail("vision_config.num_hidden_layers", "\(visionConfig.numHiddenLayers) layers cannot give hidden states \(mmVisionSelectLayer) and \(mmVisionMidLayer)")
         }

@@ -28,6 +28,29 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(smoke.visionConfig.numHiddenLayers, 6)
     }
 
+    /// mm_image_pool: the LLM's image tokens pool the CLIP grid k x k; a config that pools 2x2 (the release)
+    /// writes no such field, another writes it and reads back the same; a pooling that does not divide the
+    /// grid is refused by name.
+    func testImagePoolCountsWritesAndValidates() throws {
+        var c = try PixelLMConfig.load(Self.configsDir.appendingPathComponent("synth-smoke/config.json").path)
+        let enc = JSONEncoder()
+        XCTAssertFalse(String(decoding: try enc.encode(c), as: UTF8.self).contains("mm_image_pool"))
+        c.visionConfig.patchSize = 14
+        c.mmImagePool = 4
+        XCTAssertEqual(c.visionGrid, 16)
+        XCTAssertEqual(c.imageTokenCount, 16)
+        let data = try enc.encode(c)
+        XCTAssertTrue(String(decoding: data, as: UTF8.self).contains("\"mm_image_pool\":4"))
+        XCTAssertEqual(try JSONDecoder().decode(PixelLMConfig.self, from: data), c)
+        XCTAssertNoThrow(try c.validate(file: "x.json"))
+        c.mmImagePool = 3
+        XCTAssertThrowsError(try c.validate(file: "x.json")) { e in
+            XCTAssertTrue("\(e)".contains("x.json") && "\(e)".contains("mm_image_pool 3"), "\(e)")
+        }
+        c.mmImagePool = 0
+        XCTAssertThrowsError(try c.validate(file: "x.json")) { e in XCTAssertTrue("\(e)".contains("mm_image_pool"), "\(e)") }
+    }
+
     func testBadConfigNamesFileAndField() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pixellm-cfg-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -85,10 +85,49 @@ final class GenerateTests: XCTestCase {
 
     /// Greedy generation (no forcing) equals argmax of our teacher-forced forward over prompt + answer.
     func testGreedyMatchesTeacherForcedForward() throws {
+        try greedyMatchesTeacherForcedForward(try open("st-f32"))
+    }
+
+    /// mm_image_pool 4 and 1 (4 and 64 LLM image tokens from the 8 x 8 grid instead of 16): generation with
+    /// the KV cache still gives the teacher-forced forward's logits, and the image tokens are the k x k means.
+    func testImagePoolingOtherThanTwoGeneratesAsTheForward() throws {
+        for pool in [4, 1] {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pixellm-pool\(pool)-\(getpid())").path
+            try? FileManager.default.removeItem(atPath: dir)
+            try FileManager.default.copyItem(atPath: Self.sub("st-f32"), toPath: dir)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let configPath = (dir as NSString).appendingPathComponent("config.json")
+            var config = try PixelLMConfig.load(configPath, validate: false)
+            config.mmImagePool = pool
+            try FileManager.default.removeItem(atPath: configPath)
+            try PixelLMCheckpoint.writeConfig(config, to: dir)
+            let model = try PixelLMModelDirectory.open(dir, visionTower: Self.sub("clip"), segTokenIds: Self.segIds).model
+            XCTAssertEqual(model.config.imageTokenCount, (8 / pool) * (8 / pool))
+            try greedyMatchesTeacherForcedForward(model)
+            let ref = try Self.reference
+            let feats = try Autograd.noGrad { model.visionTower(Self.image(ref).pixels.reshape([1, 3, 112, 112])) }
+            let pooled = model.visionTower.poolTokens(feats.deep)
+            let D = feats.deep.dim(2), h = 8 / pool
+            XCTAssertEqual(pooled.shape, [1, h * h, D])
+            let deep = feats.deep.toArray(), got = pooled.toArray()
+            for cell in [0, h * h - 1] {
+                let (ci, cj) = (cell / h, cell % h)
+                for d in [0, D - 1] {
+                    var sum: Float = 0
+                    for i in 0..<pool { for j in 0..<pool { sum += deep[((ci * pool + i) * 8 + cj * pool + j) * D + d] } }
+                    XCTAssertEqual(got[cell * D + d], sum / Float(pool * pool), accuracy: 1e-5, "pool \(pool) cell \(cell) channel \(d)")
+                }
+            }
+            // 84 x 112 valid of 112: patch rows 0-5 valid; pooled row i is valid when patch row pool * i is
+            let mask = model.visionTower.llmImageMask(validSizes: [(84, 112)]).toArray()
+            XCTAssertEqual(mask, (0..<(h * h)).map { ($0 / h) * pool < 6 ? 1 : 0 }, "pool \(pool)")
+        }
+    }
+
+    func greedyMatchesTeacherForcedForward(_ model: PixelLMForCausalLM, file: StaticString = #filePath, line: UInt = #line) throws {
         let ref = try Self.reference
         let ids = Self.ints(ref["input_ids"]!)
         let prompt = Array(ids[..<(ids.firstIndex(of: Self.segIds[0])! - 2)])
-        let model = try open("st-f32")
         var o = GenerationOptions(maxNewTokens: 8)
         o.keepLogits = true
         let r = try PixelLMGenerator(model: model).generate(promptIds: prompt, image: Self.image(ref), options: o)
