@@ -224,28 +224,94 @@ public enum PixelLMModelDirectory {
         var rng = RNG(seed: seed)
         let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
         let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
-        var k: UInt64 = seed &* 0x9E37_79B9_7F4A_7C15
-        for (n, t) in model.allNamedTensors() {
-            k &+= 0x1000_0000_0001
-            let fanIn = t.rank >= 2 ? t.count / t.dim(0) : max(t.count, 1)
-            let a = (3 / Float(max(fanIn, 1))).squareRoot()
-            if let lin = bf16[n] {
+        for (n, t, rule) in hashedRules(model, seed: seed) {
+            if let lin = bf16[n], case .uniform(let key, let a) = rule {
                 let shape = t.shape
                 let w = UnsafeMutablePointer<UInt16>.allocate(capacity: t.count)
                 defer { w.deallocate() }
-                fillHashed(count: t.count, key: k, scale: a) { i, x in w[i] = Convert.bf16(x) }
+                fillHashed(count: t.count, key: key, scale: a) { i, x in w[i] = Convert.bf16(x) }
                 lin.bf16Weight = BF16Tensor(bits: Array(UnsafeBufferPointer(start: w, count: t.count)), shape: shape)
                 lin.weight = Tensor(empty: [shape[0], 0])
                 continue
             }
-            if PositionEmbeddingRandom.isBuffer(n) { continue }
-            let p = t.ptr
-            if n.hasSuffix("bias") { p.update(repeating: 0, count: t.count) }
-            else if n.contains("norm") && n.hasSuffix("weight") { p.update(repeating: 1, count: t.count) }
-            else { fillHashed(count: t.count, key: k, scale: a) { i, x in p[i] = x } }
+            fill(t, rule)
         }
         CachingAllocator.shared.emptyCache()
         return model
+    }
+
+    /// How `hashedModel` fills a tensor: a constant (norms 1, biases 0), the hashed uniform stream of a key, or
+    /// the value the model drew itself (the decoder's random positional buffers).
+    enum HashedRule { case constant(Float), uniform(key: UInt64, scale: Float), asDrawn }
+
+    /// Every tensor of `model` (allNamedTensors order, which fixes the keys) with its rule.
+    static func hashedRules(_ model: PixelLMForCausalLM, seed: UInt64) -> [(String, Tensor, HashedRule)] {
+        var k: UInt64 = seed &* 0x9E37_79B9_7F4A_7C15
+        var out: [(String, Tensor, HashedRule)] = []
+        for (n, t) in model.allNamedTensors() {
+            k &+= 0x1000_0000_0001
+            let fanIn = t.rank >= 2 ? t.count / t.dim(0) : max(t.count, 1)
+            let a = (3 / Float(max(fanIn, 1))).squareRoot()
+            if PositionEmbeddingRandom.isBuffer(n) { out.append((n, t, .asDrawn)) }
+            else if n.hasSuffix("bias") { out.append((n, t, .constant(0))) }
+            else if n.contains("norm") && n.hasSuffix("weight") { out.append((n, t, .constant(1))) }
+            else { out.append((n, t, .uniform(key: k, scale: a))) }
+        }
+        return out
+    }
+
+    static func fill(_ t: Tensor, _ rule: HashedRule) {
+        let p = t.ptr
+        switch rule {
+        case .asDrawn: break
+        case .constant(let v): p.update(repeating: v, count: t.count)
+        case .uniform(let key, let a): fillHashed(p, count: t.count, key: key, scale: a)
+        }
+    }
+
+    /// `fillHashed` into fp32 memory, in 1M-element pieces over the cores (the values do not depend on the split).
+    static func fillHashed(_ p: UnsafeMutablePointer<Float>, count: Int, key: UInt64, scale: Float) {
+        let piece = 1 << 20, pieces = (count + piece - 1) / piece
+        DispatchQueue.concurrentPerform(iterations: pieces) { c in
+            let start = c * piece, end = min(count, start + piece)
+            for i in start..<end {
+                var z = UInt64(i) &+ key
+                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                z ^= z >> 31
+                p[i] = (Float(z >> 40) * (2.0 / 16_777_216.0) - 1) * scale
+            }
+        }
+    }
+
+    /// Writes the weights `hashedModel(config:, precision: .f32, seed:)` holds as a checkpoint directory (config.json
+    /// and safetensors, sharded with an index above `maxShardBytes`; CLIP inside under PixelLM's vision prefix when
+    /// `includeVision`), one tensor at a time: the fp32 skeleton is never touched, so a 7B directory is written in
+    /// the memory of its largest tensor. `dtype` bf16 / f16 rounds every tensor to nearest even on the way out.
+    /// Returns the file names written.
+    @discardableResult
+    public static func writeHashed(config: PixelLMConfig, segTokenIds: [Int]? = nil, seed: UInt64, to directory: String,
+                                   dtype: DType, includeVision: Bool = true, maxShardBytes: Int = 5 << 30) throws -> [String] {
+        var rng = RNG(seed: seed)
+        let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
+        var byName: [String: (Tensor, HashedRule)] = [:]
+        for (n, t, r) in hashedRules(model, seed: seed) { byName[n] = (t, r) }
+        // checkpoint names: the PixelLM names, and CLIP's under the vision prefix
+        var shapes: [String: [Int]] = [:], source: [String: String] = [:]
+        for (n, t) in model.checkpointTensors(includeVision: includeVision) {
+            shapes[n] = t.shape
+            let vp = PixelLMForCausalLM.visionPrefix + "."
+            source[n] = n.hasPrefix(vp) ? String(n.dropFirst(vp.count)) : n
+        }
+        let files = try Safetensors.writeSharded(shapes: shapes, to: directory, maxShardBytes: maxShardBytes, dtype: dtype) { name in
+            let (skeleton, rule) = byName[source[name]!]!
+            if case .asDrawn = rule { return skeleton }
+            let t = Tensor(empty: skeleton.shape)
+            fill(t, rule)
+            return t
+        }
+        try PixelLMCheckpoint.writeConfig(config, to: directory)
+        return files + [PixelLMCheckpoint.configName]
     }
 
     @inline(__always)

@@ -164,7 +164,7 @@ public enum MergeLoRA {
 }
 
 /// Copies the tokenizer files a PixelLM directory holds (those that exist) into `out`; returns their names.
-func copyTokenizerFiles(from dir: String, to out: String) throws -> [String] {
+public func copyTokenizerFiles(from dir: String, to out: String) throws -> [String] {
     var copied: [String] = []
     for f in ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"] {
         let src = (dir as NSString).appendingPathComponent(f)

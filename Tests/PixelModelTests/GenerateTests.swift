@@ -144,6 +144,35 @@ final class GenerateTests: XCTestCase {
         }
     }
 
+    /// `writeHashed` (pixellm init) writes the weights `hashedModel` (chat --random-weights) builds: f32 files load
+    /// to the same tensors bit for bit, sharded or not; bf16 files hold the same values rounded, which are the
+    /// bf16 LLaMA matrices of hashedModel(.bf16).
+    func testWrittenHashedWeightsAreTheInMemoryOnes() throws {
+        let config = try PixelLMConfig.load(ConfigTests.configsDir.appendingPathComponent("tiny/config.json").path)
+        let reference = PixelLMModelDirectory.hashedModel(config: config, precision: .f32, seed: 5)
+        let want = Dictionary(uniqueKeysWithValues: reference.checkpointTensors(includeVision: true))
+        for (dtype, shard) in [(DType.f32, 5 << 30), (.f32, 20_000), (.bf16, 5 << 30)] {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pixellm-hashed-\(dtype.name)-\(shard)-\(getpid())").path
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let files = try PixelLMModelDirectory.writeHashed(config: config, seed: 5, to: dir, dtype: dtype, maxShardBytes: shard)
+            XCTAssertEqual(files.contains("model.safetensors.index.json"), shard < 1_000_000, "\(files)")
+            let src = try WeightSources.open(dir)
+            XCTAssertEqual(Set(src.names), Set(want.keys))
+            for (n, t) in want {
+                let stored = try src.tensor(n)
+                XCTAssertEqual(stored.shape, t.shape, n)
+                let expected = dtype == .f32 ? t.toArray() : t.toArray().map { Convert.float(bf16: Convert.bf16($0)) }
+                XCTAssertEqual(stored.toArray(), expected, "\(n) (\(dtype.name), shard \(shard))")
+            }
+            let (loaded, _) = try PixelLMModelDirectory.open(dir)
+            XCTAssertEqual(loaded.config, config)
+        }
+        let bf = PixelLMModelDirectory.hashedModel(config: config, precision: .bf16, seed: 5)
+        let q = bf.llm.model.layers[0].selfAttn.qProj
+        XCTAssertEqual(q.bf16Weight?.toTensor().toArray(),
+                       reference.llm.model.layers[0].selfAttn.qProj.weight.toArray().map { Convert.float(bf16: Convert.bf16($0)) })
+    }
+
     /// bf16 precision keeps the LLaMA matrices in bf16 (linearBF16) and gives the f32 model's numbers for the
     /// same (bf16) weights.
     func testBF16PrecisionMatchesF32OfTheSameWeights() throws {
