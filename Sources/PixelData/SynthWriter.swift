@@ -119,9 +119,13 @@ public struct SynthConfig: Sendable {
     public var size = 224
     /// len(tokenizer) of tokenizer/ (configs/synth-small: 1024); 0 writes no tokenizer.
     public var vocabSize = SynthTokenizer.defaultVocabSize
+    /// Objects per train / val scene: 1 to this many, uniformly (8: the standard scenes; fewer gives simpler
+    /// scenes, e.g. for the first stage of a curriculum). test_less and test_many keep their own counts.
+    public var maxObjects = 8
     public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224,
-                vocabSize: Int = SynthTokenizer.defaultVocabSize) {
+                vocabSize: Int = SynthTokenizer.defaultVocabSize, maxObjects: Int = 8) {
         self.seed = seed; self.train = train; self.val = val; self.test = test; self.size = size; self.vocabSize = vocabSize
+        self.maxObjects = maxObjects
     }
 }
 
@@ -170,7 +174,7 @@ public struct SynthGenerator {
         switch split {
         case "test_less": count = 2 + rng.int(3)
         case "test_many": count = 6 + rng.int(3)
-        default: count = 1 + rng.int(8)
+        default: count = 1 + rng.int(max(1, config.maxObjects))
         }
         let scene = SynthScene.generate(width: width, height: height, count: count, rng: &rng)
         let qs: [SynthQuestion]

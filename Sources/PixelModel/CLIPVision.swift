@@ -247,6 +247,8 @@ public final class CLIPVisionModel: Module {
     public var grid: Int { embeddings.runGrid }
     /// The LLM image tokens pool the grid in llmPool x llmPool cells (PixelLMConfig.mmImagePool).
     public let llmPool: Int
+    /// Training: each encoder layer keeps only its input and is recomputed in backward (Autograd.checkpoint).
+    public var gradientCheckpointing = false
 
     public init(vision: CLIPVisionConfig, runSize: Int, selectLayer: Int = -2, midLayer: Int = -11, llmPool: Int = 2,
                 positionResize: PositionTableResize = .reference, init initKind: Init?, rng: inout RNG) {
@@ -342,7 +344,11 @@ public final class CLIPVisionModel: Module {
         var h = preLayrnorm(embeddings(pixels))
         var deep = h, mid = h
         for (i, l) in layers.prefix(max(iDeep, iMid)).enumerated() {
-            h = l(h, mask: mask)
+            if gradientCheckpointing && Autograd.isEnabled {
+                h = Autograd.checkpoint([h], params: l.namedTensors().map { $0.1 }) { xs in l(xs[0], mask: mask) }
+            } else {
+                h = l(h, mask: mask)
+            }
             if i + 1 == iDeep { deep = h }
             if i + 1 == iMid { mid = h }
         }

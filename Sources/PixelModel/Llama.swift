@@ -86,6 +86,9 @@ public final class LlamaModel: Module {
     public let embedTokens: Embedding
     public let layers: [LlamaDecoderLayer]
     public let norm: RMSNorm
+    /// Training: each decoder layer keeps only its input and is recomputed in backward (Autograd.checkpoint;
+    /// the reference's --gradient_checkpointing). Ignored with a KV cache and without recording.
+    public var gradientCheckpointing = false
 
     /// `init` nil: a skeleton with uninitialised weights, to be filled by `load`.
     public init(config: PixelLMConfig, init initKind: Init?, rng: inout RNG) {
@@ -130,7 +133,15 @@ public final class LlamaModel: Module {
         let mask: Tensor?
         if let cache { mask = cache.begin(T, validity: attentionMask) } else { mask = attentionMask.flatMap(KeyMask.additive) }
         var h = embeds
-        for (i, l) in layers.enumerated() { h = l(h, rotary: rotary, mask: mask, cache: cache, layer: i) }
+        for (i, l) in layers.enumerated() {
+            if gradientCheckpointing && cache == nil && Autograd.isEnabled {
+                h = Autograd.checkpoint([h], params: l.namedTensors().map { $0.1 }) { xs in
+                    l(xs[0], rotary: rotary, mask: mask, cache: nil, layer: i)
+                }
+            } else {
+                h = l(h, rotary: rotary, mask: mask, cache: cache, layer: i)
+            }
+        }
         cache?.commit()
         return norm(h)
     }

@@ -236,6 +236,12 @@ public final class PixelLMForCausalLM: Module {
     }
 
     /// The CLIP checkpoint ("vision_model....").
+    /// Activation checkpointing of the LLaMA and CLIP layers (see LlamaModel.gradientCheckpointing).
+    public var gradientCheckpointing: Bool {
+        get { llm.model.gradientCheckpointing }
+        set { llm.model.gradientCheckpointing = newValue; visionTower.gradientCheckpointing = newValue }
+    }
+
     public func visionNamedTensors() -> [(String, Tensor)] { visionTower.namedTensors() }
 
     /// The PixelLM checkpoint, with CLIP inside under `visionPrefix` when `includeVision`.

@@ -34,6 +34,43 @@ public enum Autograd {
         return try body()
     }
 
+    /// Runs `body` with recording on, also inside a backward kernel (where recording is off): the
+    /// recomputation of `checkpoint`.
+    public static func withGrad<T>(_ body: () throws -> T) rethrows -> T {
+        let saved = enabled
+        enabled = true
+        defer { enabled = saved }
+        return try body()
+    }
+
+    /// Activation checkpointing (torch.utils.checkpoint): `body(inputs)` runs without recording, so none of
+    /// its intermediate tensors outlive it; only `inputs` are kept. Backward re-runs `body` with recording on
+    /// copies of `inputs` and back-propagates the output's gradient through that recomputation into the
+    /// inputs and into `params`. `params` must list every tensor `body` reads besides `inputs` that may need
+    /// a gradient (a layer's weights): they become inputs of the recorded node, so `backward`'s
+    /// `onLeafComplete` still fires for them only when their gradients are final. `body` must compute the
+    /// same values when run again (no unseeded randomness). Without recording, or when nothing needs a
+    /// gradient, it is just `body(inputs)`.
+    public static func checkpoint(_ inputs: [Tensor], params: [Tensor], _ body: @escaping ([Tensor]) -> Tensor) -> Tensor {
+        guard enabled, inputs.contains(where: { $0.requiresGrad }) || params.contains(where: { $0.requiresGrad }) else {
+            return body(inputs)
+        }
+        let out = noGrad { body(inputs) }
+        return record("checkpoint", out, inputs: inputs + params) { _, gout in
+            let copies = inputs.map { x -> Tensor in
+                let c = x.detach()
+                c.requiresGrad = x.requiresGrad
+                return c
+            }
+            let y = withGrad { body(copies) }
+            guard y.requiresGrad else { return }
+            y.backward(gout)
+            for (x, c) in zip(inputs, copies) where x.requiresGrad {
+                if let g = c.grad { x.accumulateGrad(g) }
+            }
+        }
+    }
+
     /// Records `out` as produced by `op` from `inputs` if any input requires grad. Returns `out`.
     @discardableResult
     public static func record(_ op: String, _ out: Tensor, inputs: [Tensor],

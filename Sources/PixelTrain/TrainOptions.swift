@@ -84,6 +84,9 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// between a few channels of each target's query and the target's appearance (QueryAppearance), normalised like
     /// the mask losses.
     public var queryAppearanceWeight: Float?
+    /// The reference's --gradient_checkpointing: the LLaMA and CLIP layers keep only their inputs in forward and
+    /// are recomputed in backward (about a third more compute, the layers' activations not stored).
+    public var gradientCheckpointing = false
 
     public init() {}
 
@@ -103,6 +106,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case evalMaxImages = "eval_max_images", querySeparationWeight = "query_separation_weight"
         case querySeparationMargin = "query_separation_margin", queryGroundingWeight = "query_grounding_weight"
         case queryGroundingTemperature = "query_grounding_temperature", queryAppearanceWeight = "query_appearance_weight"
+        case gradientCheckpointing = "gradient_checkpointing"
     }
 
     /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.

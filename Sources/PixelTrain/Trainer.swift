@@ -75,6 +75,7 @@ public final class Trainer {
         let tokDir = tree ? try AutoPrepare.tokenizerDirectory(tree: options.datasetDir)
             : try ShardManifest.load(options.datasetDir).options.tokenizerPath
         source = try TrainModelSource(options: options, tokenizerDirectory: tokDir)
+        source.model.gradientCheckpointing = options.gradientCheckpointing
         if tree {
             let out = (options.runDirectory as NSString).appendingPathComponent("shards")
             try AutoPrepare.run(tree: options.datasetDir, out: out, options: options, imageSize: source.model.config.resizeVisionTowerSize,

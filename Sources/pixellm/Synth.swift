@@ -16,6 +16,7 @@ struct Synth: ParsableCommand {
     @Option(help: "Image width in pixels (height is the same or 3/4 of it).") var size: Int = 224
     @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 1024); 0 for none.")
     var vocabSize: Int = SynthTokenizer.defaultVocabSize
+    @Option(help: "Objects per train / val scene: 1 to this many (1-8; 8 the standard scenes).") var maxObjects: Int = 8
     @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
     var tokenizerCorpus: String?
 
@@ -23,11 +24,13 @@ struct Synth: ParsableCommand {
         if train < 0 || val < 0 || test < 0 { throw ValidationError("--train, --val and --test must be >= 0") }
         if size < 32 || size > 4096 { throw ValidationError("--size must be in 32...4096") }
         if vocabSize < 0 { throw ValidationError("--vocab-size must be >= 0") }
+        if maxObjects < 1 || maxObjects > 8 { throw ValidationError("--max-objects must be in 1...8") }
     }
 
     func run() throws {
         try OutputDirectory.prepare(out, option: "--out")
-        let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize), out: out)
+        let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize,
+                                                          maxObjects: maxObjects), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")
         if let path = tokenizerCorpus {

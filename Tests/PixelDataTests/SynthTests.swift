@@ -35,6 +35,34 @@ final class SynthTests: XCTestCase {
         XCTAssertNotEqual(try files(c)["muse_train.json"], fa["muse_train.json"])
     }
 
+    /// --max-objects caps the train and val scenes (1 to N objects, every count reached); test_less / test_many
+    /// keep theirs; the standard 8 draws exactly the scenes of a config without the field.
+    func testMaxObjectsCapsTrainAndValScenes() {
+        var easy = Self.config
+        easy.maxObjects = 3
+        var seen = Set<Int>()
+        for split in ["train", "val"] {
+            for i in 0..<40 {
+                let n = SynthGenerator.sample(config: easy, split: split, index: i).0.objects.count
+                XCTAssertTrue((1...3).contains(n), "\(split) \(i): \(n) objects")
+                seen.insert(n)
+            }
+        }
+        XCTAssertEqual(seen, [1, 2, 3])
+        XCTAssertGreaterThanOrEqual(SynthGenerator.sample(config: easy, split: "test_many", index: 0).0.objects.count, 4)
+        let standard = SynthConfig(seed: 7, train: 6, val: 2, test: 4, size: 96)
+        var counts: [Int] = []
+        for i in 0..<40 {
+            let a = SynthGenerator.sample(config: standard, split: "train", index: i).0
+            var eight = standard
+            eight.maxObjects = 8
+            let b = SynthGenerator.sample(config: eight, split: "train", index: i).0
+            XCTAssertEqual(a.image.pixels, b.image.pixels, "train \(i)")
+            counts.append(a.objects.count)
+        }
+        XCTAssertGreaterThan(counts.max() ?? 0, 3, "the standard scenes hold more than 3 objects")
+    }
+
     func testMasksAreVisiblePixels() throws {
         for split in SynthGenerator.splits {
             for i in 0..<4 {

@@ -142,6 +142,51 @@ final class PixelLMTests: XCTestCase {
         print("full fixture gradients: \(checked) trainable tensors (\(table.trainableCount) elements), worst rel error \(worst.0) (\(worst.1))")
     }
 
+    /// Gradient checkpointing (every LLaMA and CLIP layer recomputed in backward) changes no gradient: every
+    /// tensor trainable (CLIP's input gradients flow through checkpointed layers), with LoRA adapters inside the
+    /// checkpointed layers, against the same model without it. The loss is the same number; a gradient may differ
+    /// in the last bits where a layer's output has a second reader (CLIP's mid features feed the decoder too): the
+    /// recomputed layer hands its whole contribution over at once, so the float sum is taken in another order.
+    func testGradientCheckpointingChangesNoGradient() throws {
+        let f = try Self.fixture()
+        func run(_ checkpointing: Bool) throws -> (Float, [String: [Float]]) {
+            let model = try Self.loadedModel(f)
+            var rng = RNG(seed: 3)
+            model.attachLoRA(LoRAConfig(r: 2, alpha: 4, dropout: 0, targetModules: ["q_proj", "v_proj"]), rng: &rng)
+            for (_, a) in model.loraAdapters { a.b.ptr.update(repeating: 0.01, count: a.b.count) }   // B = 0 would hide A's gradient
+            model.gradientCheckpointing = checkpointing
+            let table = ParameterTable(model: model, trainableGroups: Set(ParameterGroup.allCases))
+            table.setRequiresGrad()
+            let out = try model.forward(Self.batch(f))
+            out.losses.total.backward()
+            var g: [String: [Float]] = [:]
+            for (n, t) in model.allNamedTensors() where t.requiresGrad { g[n] = t.grad?.toArray() ?? [] }
+            return (out.losses.total.item, g)
+        }
+        let (l0, g0) = try run(false), (l1, g1) = try run(true)
+        XCTAssertEqual(l0, l1)
+        XCTAssertEqual(Set(g0.keys), Set(g1.keys))
+        XCTAssertTrue(g0.keys.contains("vision_model.encoder.layers.0.self_attn.q_proj.weight"), "CLIP trains here")
+        XCTAssertTrue(g0.keys.contains { $0.contains("lora_A") })
+        XCTAssertGreaterThan(g0.values.filter { !$0.isEmpty }.count, 100)
+        var worst = (0.0, ""), exact = 0
+        for (n, a) in g0 {
+            let b = g1[n]!
+            XCTAssertEqual(a.count, b.count, n)
+            XCTAssertEqual(a.isEmpty, b.isEmpty, "\(n) has a gradient in one run only")
+            // an attention key bias's gradient is zero in exact arithmetic (rounding noise on both sides): measure
+            // it against its weight's gradient, as testGradientsMatchPyTorch does
+            let ref = n.hasSuffix("k_proj.bias") ? g0[String(n.dropLast(4)) + "weight"]! : a
+            let scale = Double(ref.map(abs).max() ?? 0)
+            let d = zip(a, b).map { Double(abs($0 - $1)) }.max() ?? 0
+            if d == 0 { exact += 1 }
+            let rel = scale > 0 ? d / scale : d
+            if rel > worst.0 { worst = (rel, n) }
+        }
+        print("gradient checkpointing: \(exact) of \(g0.count) gradients bit-identical, worst rel difference \(worst.0) (\(worst.1))")
+        XCTAssertLessThanOrEqual(worst.0, 1e-6, worst.1)
+    }
+
     // MARK: - fixture: 20 AdamW steps
 
     func testAdamWLossCurveMatchesPyTorch() throws {
