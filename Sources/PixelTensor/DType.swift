@@ -223,18 +223,17 @@ public final class BF16Tensor: @unchecked Sendable {
 /// A `BF16Tensor` used as a weight matrix `[out, in]`.
 public typealias BF16Matrix = BF16Tensor
 
-/// `y = x wᵀ + bias` with a bf16 weight `[out, in]` (inference only: traps if an input requires grad
-/// while autograd is on, rather than silently dropping the gradient). Converts
+/// `y = x wᵀ + bias` with a bf16 weight `[out, in]`, which is frozen: it never gets a gradient. Converts
 /// `tileRows` weight rows at a time into an fp32 scratch (default: ~1 MB for fewer than 8 input rows,
 /// ~4 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
-/// fp32 weight never exists whole.
+/// fp32 weight never exists whole. With autograd on, the input's gradient dX = dY w (and the bias's, the
+/// column sums of dY) are recorded, computed the same way tile by tile: a frozen bf16 layer inside a model
+/// being trained (LoRA on a bf16 base) passes gradients through without an fp32 copy of w.
 public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: Int? = nil) -> Tensor {
     let inF = x.dim(-1)
     guard w.rank == 2 && w.shape[1] == inF else {
         shapeFailure(ShapeError("linearBF16", "input \(describe(x.shape)) does not match bf16 weight \(describe(w.shape)) ([out, in])"))
     }
-    precondition(!Autograd.isEnabled || !(x.requiresGrad || bias?.requiresGrad == true),
-                 "linearBF16 is inference-only and records no gradient: call it under Autograd.noGrad or on detached inputs")
     let outF = w.shape[0]
     if let bias, bias.shape != [outF] {
         shapeFailure(ShapeError("linearBF16", "bias \(describe(bias.shape)) for weight \(describe(w.shape))"))
@@ -264,5 +263,27 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
                    beta: bias == nil ? 0 : 1, C: po + j, ldc: outF)
         j += n
     }
-    return out
+    return Autograd.record("linearBF16", out, inputs: [x] + (bias.map { [$0] } ?? [])) { _, gout in
+        let g = gout.contiguousData()
+        if x.requiresGrad {
+            // dX [rows, in] = dY [rows, out] · w [out, in], one weight tile of rows at a time
+            let dx = Tensor.zeros(x.shape)
+            let scratch = Storage(count: tile * inF)
+            var j = 0
+            while j < outF {
+                let n = min(tile, outF - j)
+                w.convertRows(j..<(j + n), into: scratch.ptr)
+                BLAS.sgemm(transA: false, transB: false, M: rows, N: inF, K: n, A: g.ptr + j, lda: outF, B: scratch.ptr, ldb: inF,
+                           beta: 1, C: dx.ptr, ldc: inF)
+                j += n
+            }
+            x.accumulateGrad(dx)
+        }
+        if let bias, bias.requiresGrad {
+            let db = Tensor.zeros([outF])
+            let pg = g.ptr, pd = db.ptr
+            for r in 0..<rows { for c in 0..<outF { pd[c] += pg[r * outF + c] } }
+            bias.accumulateGrad(db)
+        }
+    }
 }

@@ -219,6 +219,36 @@ final class SafetensorsTests: CheckpointTestCase {
         XCTAssertEqual(linearBF16(x: Tensor.zeros([0, 37]), w: w).shape, [0, 70])
     }
 
+    /// A frozen bf16 weight inside a trained model: the input's and the bias's gradients equal those of the fp32
+    /// layer on the bf16-rounded weight, at every tile size; a weight read from a mapped bf16 file is used in place.
+    func testLinearBF16BackwardMatchesTheConvertedMatrix() throws {
+        let w = BF16Matrix(rand([70, 37], seed: 2, grad: false))
+        let full = w.toTensor()
+        for tile in [nil, 1, 8, 70, 500] as [Int?] {
+            for shape in [[2, 3, 37], [37]] {
+                let x1 = rand(shape, seed: 1, grad: true), b1 = rand([70], seed: 3, grad: true)
+                let x2 = rand(shape, seed: 1, grad: true), b2 = rand([70], seed: 3, grad: true)
+                let up = rand(Array(shape.dropLast()) + [70], seed: 5, grad: false)
+                (linearBF16(x: x1, w: w, bias: b1, tileRows: tile) * up).sum().backward()
+                (linear(x2, full, b2) * up).sum().backward()
+                assertClose(x1.grad!, x2.grad!, tol: 1e-6, "input gradient, tile \(tile ?? 0), \(shape)")
+                assertClose(b1.grad!, b2.grad!, tol: 1e-6, "bias gradient, tile \(tile ?? 0), \(shape)")
+            }
+        }
+        // the weight straight from a bf16 file (a view into the mapping, not a copy)
+        let dir = NSTemporaryDirectory() + "pixellm-bf16-backward-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Safetensors.write(["w": full], to: dir + "/w.safetensors", dtype: .bf16)
+        let file = try SafetensorsFile(dir + "/w.safetensors")
+        let mapped = try file.bf16("w")
+        XCTAssertNotNil(mapped.owner, "bf16 data is used in place")
+        let x1 = rand([4, 37], seed: 6, grad: true), x2 = rand([4, 37], seed: 6, grad: true)
+        linearBF16(x: x1, w: mapped).sum().backward()
+        linear(x2, full).sum().backward()
+        assertClose(x1.grad!, x2.grad!, tol: 1e-6, "mapped weight")
+    }
+
     // MARK: malformed files
 
     /// Writes `[u64 N][header][data]` (N = header length unless given) and returns the path.
