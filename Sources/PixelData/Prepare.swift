@@ -383,7 +383,7 @@ public final class PrepareJob {
                 reasons[reasonKey(s.reason), default: 0] += 1
             }
             let skippedItems = range.count - f.count
-            let size = ((try? FileManager.default.attributesOfItem(atPath: path(name)))?[.size] as? NSNumber)?.intValue
+            let size = fileSize(path(name))
             guard case .success(let crc) = CRC32.file(path(name)) else { throw ShardError(file: path(name), "cannot be read back") }
             shards.append(.init(file: name, itemBegin: range.lowerBound, itemEnd: range.upperBound, samples: f.count, skipped: skippedItems,
                                 bytes: size, crc32: crc))

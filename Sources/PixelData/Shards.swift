@@ -197,8 +197,7 @@ enum H5 {
             guard !overflow else { throw ShardError(file: file, "dataset '\(name)' has shape \(shape): too many elements") }
             n = m
         }
-        var st = stat()
-        let bytes = stat(file, &st) == 0 ? Int(st.st_size) : Int.max   // stat follows links, as HDF5 does
+        let bytes = fileSize(file) ?? Int.max   // follows links, as HDF5 does
         guard n <= bytes else {
             throw ShardError(file: file, "dataset '\(name)' declares \(n) elements, more than the file's \(bytes) bytes can hold: damaged shard")
         }
@@ -605,8 +604,7 @@ public struct ShardManifest: Codable, Equatable, Sendable {
             if isDir.boolValue { throw ShardError(file: path, "is a directory, not a shard file") }
             if let why = linkLeavesDirectory(path) { throw ShardError(file: path, why) }
             if let want = bytes {
-                let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-                let size = ((try? FileManager.default.attributesOfItem(atPath: real))?[.size] as? NSNumber)?.intValue ?? -1
+                let size = fileSize(path) ?? -1
                 guard size == want else {
                     throw ShardError(file: path, "\(size) bytes, index.json says \(want): truncated or replaced (run pixellm prepare again)")
                 }

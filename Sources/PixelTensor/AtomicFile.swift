@@ -6,6 +6,13 @@ public func isPlainFileName(_ name: String) -> Bool {
     !name.isEmpty && !name.contains("/") && name != "." && name != ".."
 }
 
+/// The size in bytes of the file at `path`, following symbolic links (as libhdf5 and mmap see it); nil when
+/// it cannot be examined.
+public func fileSize(_ path: String) -> Int? {
+    var st = stat()
+    return stat(path, &st) == 0 ? Int(st.st_size) : nil
+}
+
 /// Why the file at `path`, a name an index or manifest gave inside `path`'s directory, is not allowed: it is a
 /// symbolic link that leads outside that directory (datasets may link their images anywhere; the files of a shard
 /// directory, a checkpoint or a sharded safetensors checkpoint may not). nil when it is fine or does not exist.

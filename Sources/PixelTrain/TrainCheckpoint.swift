@@ -102,8 +102,7 @@ public struct TrainCheckpointManifest: Codable, Equatable, Sendable {
         for f in files {
             let path = (dir as NSString).appendingPathComponent(f.name)
             if let why = linkLeavesDirectory(path) { throw TrainError.file(path, why) }
-            let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-            guard let attrs = try? FileManager.default.attributesOfItem(atPath: real), let size = attrs[.size] as? Int else {
+            guard let size = fileSize(path) else {
                 throw TrainError.file(path, "missing (the manifest lists it)")
             }
             guard size == f.bytes else { throw TrainError.file(path, "\(size) bytes, the manifest says \(f.bytes) (truncated or replaced?)") }
@@ -213,7 +212,7 @@ public enum TrainCheckpoint {
             throw TrainError.file(dir, "checkpoint not written (\(failed) rank(s) failed)" + (failure.map { ": \($0)" } ?? "") + previous)
         }
         let mine = (dir as NSString).appendingPathComponent(TrainCheckpointManifest.rankFileName(comm.rank, of: comm.size))
-        let size = ((try? FileManager.default.attributesOfItem(atPath: mine))?[.size] as? Int) ?? -1
+        let size = fileSize(mine) ?? -1
         let crc = try fileCRC(mine)
         let sizes = comm.allgather([Int64(size)]), crcs = comm.allgather([Int64(crc)])
         var result: Int32 = 0

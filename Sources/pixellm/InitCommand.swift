@@ -64,7 +64,7 @@ struct InitCommand: ParsableCommand {
         var files = try PixelLMModelDirectory.writeHashed(config: c, segTokenIds: segIds, seed: seed, to: out, dtype: dt,
                                                           includeVision: !noVision, maxShardBytes: Int(maxShardGb * 1e9))
         if let tokenizer { files += try copyTokenizerFiles(from: tokenizer, to: out) }
-        let bytes = files.reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: (out as NSString).appendingPathComponent($1))[.size] as? Int) ?? 0) }
+        let bytes = files.reduce(0) { $0 + (fileSize((out as NSString).appendingPathComponent($1)) ?? 0) }
         print(String(format: "%@: %.3g parameters (%d LLaMA layers%@), %@, %d files, %.2f GB in %.1f s",
                      out, Double(parameters), c.numHiddenLayers, noVision ? ", no CLIP" : ", CLIP inside", dt.name, files.count,
                      Double(bytes) / 1e9, Date().timeIntervalSince(t0)))
