@@ -90,6 +90,39 @@ enum SystemReport {
         return 2.0 * Double(M) * Double(N) * Double(K) / best / 1e9
     }
 
+    /// Memory read bandwidth in GB/s: the best of `reps` passes summing a 512 MiB buffer (far larger than any
+    /// cache), split over `threads` threads as decode's weight reads are.
+    static func readBandwidth(threads: Int, reps: Int, bytes: Int = 512 << 20) -> Double {
+        let n = bytes / 4
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { buf.deallocate() }
+        buf.update(repeating: 1, count: n)   // touch every page before timing
+        let parts = max(threads, 1), chunk = (n / parts) & ~7
+        var best = Double.infinity
+        for _ in 0..<max(reps, 1) {
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts)
+            defer { sums.deallocate() }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let start = p * chunk, end = p == parts - 1 ? n : start + chunk
+                var acc = SIMD8<Float>(repeating: 0)
+                var i = start
+                while i + 8 <= end {
+                    acc += UnsafeRawPointer(buf + i).loadUnaligned(as: SIMD8<Float>.self)
+                    i += 8
+                }
+                var tail = acc.sum()
+                while i < end { tail += buf[i]; i += 1 }
+                sums[p] = tail
+            }
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            // the sum must be used, or the reads could be dropped
+            if (0..<parts).reduce(Float(0), { $0 + sums[$1] }) != Float(n) { return .nan }
+            best = min(best, dt)
+        }
+        return Double(bytes) / best / 1e9
+    }
+
     static func lines(info: BLAS.Info, comm: Communicator, reps: Int) -> [String] {
         var out: [String] = []
         out.append("pixellm doctor")
@@ -107,6 +140,9 @@ enum SystemReport {
         out.append(String(format: "  sgemm          %.1f GFLOP/s on 1024x1024x4096 (best of %d)", gf, reps))
         out.append(String(format: "  peak estimate  %.1f GFLOP/s = %@ -> %.0f%% of peak", peak.gflops, peak.how,
                           peak.gflops > 0 ? 100 * gf / peak.gflops : 0))
+        let bw = readBandwidth(threads: max(info.threads, 1), reps: min(reps, 3))
+        out.append(String(format: "  memory read    %.1f GB/s (%d thread(s), 512 MiB, best of %d): decode of a bf16 7B (13.5 GB of LLaMA weights per token) is bound at %.2f s/token",
+                          bw, max(info.threads, 1), min(reps, 3), 13.5 / bw))
         out.append("  mpi            \(String(cString: pixel_mpi_library_version()))")
         out.append("  mpi world      \(comm.size > 1 || Communicators.launchedByMPI ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
         out.append("  hdf5           \(String(cString: pixel_h5_version()))")

@@ -198,6 +198,20 @@ final class CLITests: XCTestCase {
 
     /// The inputs issue 13 found "as a new user would": each is a clear error naming the option, field or file,
     /// before any work, never a signal or a hang.
+    /// doctor measures the memory read bandwidth and states the bf16 7B decode bound it implies.
+    func testDoctorReportsMemoryBandwidth() throws {
+        let r = try run(["doctor", "--reps", "1"])
+        XCTAssertEqual(r.status, 0, r.err)
+        guard let line = r.out.split(separator: "\n").first(where: { $0.contains("memory read") }) else {
+            return XCTFail("no memory read line: \(r.out)")
+        }
+        let words = line.split(separator: " ")
+        let gbs = words.firstIndex(of: "GB/s").flatMap { Double(words[$0 - 1]) }
+        XCTAssertNotNil(gbs, String(line))
+        XCTAssertGreaterThan(gbs ?? 0, 0.1, String(line))
+        XCTAssertTrue(line.contains("s/token"), String(line))
+    }
+
     func testNewUserMistakesAreNamedErrors() throws {
         func expectError(_ args: [String], _ mentions: [String], cwd: String? = nil, file: StaticString = #filePath, line: UInt = #line) throws {
             let r = try run(args, cwd: cwd)
