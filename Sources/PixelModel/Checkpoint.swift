@@ -39,6 +39,8 @@ public struct CheckpointLoadReport {
     /// Whether the PixelLM checkpoint also held the vision tower ("model.vision_tower.vision_tower....") and
     /// it was loaded.
     public var visionLoaded = false
+    /// LLaMA matrices kept in bf16, in place in the mapped file (`keepStoredBF16`).
+    public var keptBF16 = 0
 }
 
 public enum PixelLMCheckpoint {

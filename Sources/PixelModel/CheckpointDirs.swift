@@ -89,8 +89,12 @@ public enum PixelLMModelDirectory {
     /// - visionTower: a CLIP directory; nil uses the one inside the checkpoint, else config's
     ///   `mm_vision_tower` when it is a local directory.
     /// - segTokenIds: from the tokenizer (nil: the last N*L vocabulary rows).
+    /// - keepStoredBF16: training with frozen LLaMA matrices: those of the 7 matrices per layer (bf16Linears names) it
+    ///   accepts that the files store in bf16 stay bf16, used in place from the mapped file (never rounded: a matrix
+    ///   stored in f32 or f16 is loaded as fp32).
     public static func open(_ directory: String, visionTower: String? = nil, segTokenIds: [Int]? = nil,
-                            precision: WeightPrecision = .f32) throws -> (model: PixelLMForCausalLM, report: CheckpointLoadReport) {
+                            precision: WeightPrecision = .f32, keepStoredBF16: ((String) -> Bool)? = nil)
+        throws -> (model: PixelLMForCausalLM, report: CheckpointLoadReport) {
         // a LLaVA base first: its config.json (no PixelLM fields) would otherwise fail with a less useful message
         if let s = try? WeightSources.open(directory) { try refuseLLaVA(s, directory) }
         let (config, mmTower) = try readConfig(directory, visionTower: visionTower)
@@ -116,7 +120,7 @@ public enum PixelLMModelDirectory {
         }
         var rng = RNG(seed: 0)
         let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
-        var report = try load(model, from: source, name: directory, precision: precision)
+        var report = try load(model, from: source, name: directory, precision: precision, keepStoredBF16: keepStoredBF16)
         if let visionDir, !hasVision {
             let r = try loadVision(model, from: try WeightSources.open(visionDir), name: visionDir)
             report.loaded += r.loaded
@@ -129,7 +133,7 @@ public enum PixelLMModelDirectory {
     /// Loads the PixelLM checkpoint (CLIP too when it is inside) from any weight source, strictly.
     @discardableResult
     public static func load(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String,
-                            precision: WeightPrecision = .f32) throws -> CheckpointLoadReport {
+                            precision: WeightPrecision = .f32, keepStoredBF16: ((String) -> Bool)? = nil) throws -> CheckpointLoadReport {
         var report = CheckpointLoadReport()
         var shapes: [String: [Int]] = [:]
         for n in source.names {
@@ -149,8 +153,9 @@ public enum PixelLMModelDirectory {
         let expected = model.checkpointTensors(includeVision: hasVision)
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
         let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
+        let stored = try storedBF16(model, source, keepStoredBF16)
         for (n, t) in expected {
-            if let lin = bf16[n] {
+            if let lin = bf16[n] ?? stored[n] {
                 let info = try source.info(n)
                 try checkFloat(info.dtype, n, name)
                 lin.bf16Weight = try source.bf16(n)
@@ -162,8 +167,19 @@ public enum PixelLMModelDirectory {
             }
         }
         report.visionLoaded = hasVision
-        if precision == .bf16 { CachingAllocator.shared.emptyCache() }
+        report.keptBF16 = stored.count
+        if precision == .bf16 || !stored.isEmpty { CachingAllocator.shared.emptyCache() }
         return report
+    }
+
+    /// The LLaMA matrices `keep` accepts whose files store them in bf16 (see `open`).
+    static func storedBF16(_ model: PixelLMForCausalLM, _ source: any WeightSource, _ keep: ((String) -> Bool)?) throws -> [String: Linear] {
+        guard let keep else { return [:] }
+        var out: [String: Linear] = [:]
+        for (n, lin) in bf16Linears(model) where keep(n) && source.names.contains(n) {
+            if try source.info(n).dtype == .bf16 { out[n] = lin }
+        }
+        return out
     }
 
     /// Loads CLIP ("vision_model....") from a CLIPVisionModel or CLIPModel checkpoint; the text tower,

@@ -106,6 +106,8 @@ public struct LLaVAInitReport {
     /// What was newly initialised, and how.
     public var initialized: [String] = []
     public var vocabulary: LLaVAVocabulary
+    /// LLaMA matrices kept in bf16, in place in the mapped file (`keepStoredBF16`).
+    public var keptBF16 = 0
     /// The CLIP load (from `visionDirectory`).
     public var vision = CheckpointLoadReport()
     /// On-disk dtypes of the LLaVA tensors.
@@ -193,9 +195,11 @@ public enum LLaVABase {
     /// tensors, a PixelLM directory given as a LLaVA one.
     /// `loadLayers: false` leaves the LLaMA layers, the final norm and CLIP unloaded (uninitialised memory, never
     /// touched): for consolidation, which streams them from their files; every newly initialised tensor is the same.
+    /// `keepStoredBF16`: as in `PixelLMModelDirectory.open` (training: frozen LLaMA matrices stored in bf16 stay mapped).
     public static func initialize(fromLLaVA directory: String, visionTower: String? = nil, tokenizer: LLaVATokenizerInfo,
                                   settings: PixelLMSettings = .released, seed: UInt64 = 0,
-                                  precision: WeightPrecision = .f32, loadLayers: Bool = true) throws -> (model: PixelLMForCausalLM, report: LLaVAInitReport) {
+                                  precision: WeightPrecision = .f32, loadLayers: Bool = true,
+                                  keepStoredBF16: ((String) -> Bool)? = nil) throws -> (model: PixelLMForCausalLM, report: LLaVAInitReport) {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: directory, isDirectory: &isDir), isDir.boolValue else {
@@ -337,6 +341,8 @@ public enum LLaVABase {
 
         // LLaMA tensors; embed_tokens / lm_head: the checkpoint's rows, then N(0, initializer_range) rows
         let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: PixelLMModelDirectory.bf16Linears(model)) : [:]
+        let stored = loadLayers ? try PixelLMModelDirectory.storedBF16(model, source, keepStoredBF16) : [:]
+        report.keptBF16 = stored.count
         var scratch = CheckpointLoadReport()
         for (n, t) in llm {
             if !loadLayers && n != "model.embed_tokens.weight" && n != "lm_head.weight" { continue }
@@ -344,7 +350,7 @@ public enum LLaVABase {
             try PixelLMModelDirectory.checkFloat(info.dtype, n, directory)
             report.dtypes.insert(info.dtype.name)
             report.loaded.append(n)
-            if let lin = bf16[n] {
+            if let lin = bf16[n] ?? stored[n] {
                 lin.bf16Weight = try source.bf16(n)
                 lin.weight = Tensor(empty: [info.shape[0], 0])
             } else if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
@@ -367,7 +373,7 @@ public enum LLaVABase {
 
         // CLIP
         if loadLayers { report.vision = try PixelLMModelDirectory.loadVision(model, from: try WeightSources.open(vdir), name: vdir) }
-        if precision == .bf16 { CachingAllocator.shared.emptyCache() }
+        if precision == .bf16 || !stored.isEmpty { CachingAllocator.shared.emptyCache() }
         return (model, report)
     }
 

@@ -130,7 +130,7 @@ extension PixelLMForCausalLM {
         self.config.lora = config
         for (i, l) in llm.model.layers.enumerated() {
             for (n, lin) in LlamaLinears.named(l) where config.targetModules.contains(where: { n.hasSuffix("." + $0) }) {
-                lin.lora = LoRAAdapter(inFeatures: lin.weight.dim(1), outFeatures: lin.weight.dim(0), config: config,
+                lin.lora = LoRAAdapter(inFeatures: lin.inFeatures, outFeatures: lin.outFeatures, config: config,
                                        key: UInt64(i) << 8 | UInt64(LlamaLinears.index(n)), rng: &rng)
             }
         }
@@ -147,6 +147,7 @@ extension PixelLMForCausalLM {
         for l in llm.model.layers {
             for (_, lin) in LlamaLinears.named(l) {
                 guard let a = lin.lora else { continue }
+                precondition(lin.bf16Weight == nil, "mergeLoRA: a layer whose weight is kept in bf16 (load it in fp32 to merge)")
                 let m = a.merged(into: lin.weight)
                 lin.weight.ptr.update(from: m.ptr, count: m.count)
                 lin.lora = nil

@@ -68,6 +68,9 @@ public final class Linear: Module {
         weight = newWeight([outFeatures, inFeatures], fanIn: inFeatures, initKind, rng: &rng)
         self.bias = bias ? newBias(outFeatures, fanIn: inFeatures, initKind, rng: &rng) : nil
     }
+    /// The weight's [out, in] (from the bf16 weight when the fp32 one is its empty placeholder).
+    public var outFeatures: Int { bf16Weight?.shape[0] ?? weight.dim(0) }
+    public var inFeatures: Int { bf16Weight?.shape[1] ?? weight.dim(1) }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         if let w = bf16Weight { return withLoRA(x, base: linearBF16(x: x, w: w, bias: bias)) }
         return withLoRA(x, base: linear(x, weight, bias))

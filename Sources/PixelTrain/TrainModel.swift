@@ -13,6 +13,8 @@ public struct TrainModelSource {
     public let model: PixelLMForCausalLM
     public let tokenizerDirectory: String
     public let table: ParameterTable
+    /// Frozen LLaMA matrices kept in bf16, used in place from the mapped checkpoint files (not copied to fp32).
+    public private(set) var keptBF16 = 0
 
     public static func configPath(_ p: String) -> String {
         var isDir: ObjCBool = false
@@ -47,6 +49,9 @@ public struct TrainModelSource {
         do { tok = try Tokenizer(directory: tokDir) } catch { throw TrainError.file(tokDir, "tokenizer: \(error)") }
         let perTarget = o.segTokenNum * o.imageFeatureScaleNum
         do { try tok.requirePixelLMTokens(segTokenCount: perTarget) } catch { throw TrainError.file(tokDir, "\(error)") }
+        // a LLaMA matrix that does not train and is stored in bf16 stays bf16, mapped (issue 12: a 7B base in 24 GB)
+        let groups = try Self.trainableGroups(o.trainable)
+        let frozenBF16: (String) -> Bool = { name in ParameterGroup.of(name).map { !groups.contains($0) } ?? false }
         if let v = o.version, LLaVABase.isLLaVADirectory(v) {
             // a LLaVA base, as train_ds.py starts: LLaMA loaded, the vocabulary grown to the tokenizer of the shards
             // (which holds the SEG tokens), fresh projectors and decoder side from the seed; the PixelLM sizes from
@@ -54,7 +59,8 @@ public struct TrainModelSource {
             let settings = try o.config.map { PixelLMSettings(of: try PixelLMConfig.load(Self.configPath($0))) } ?? .released
             let info = LLaVATokenizerInfo(tokenizer: tok, name: tokDir)
             let (m, report) = try LLaVABase.initialize(fromLLaVA: v, visionTower: o.visionTower, tokenizer: info, settings: settings,
-                                                       seed: o.seed, loadLayers: !streaming)
+                                                       seed: o.seed, loadLayers: !streaming, keepStoredBF16: streaming ? nil : frozenBF16)
+            keptBF16 = report.keptBF16
             if streaming {
                 let src = try WeightSources.open(v)
                 baseSource = src
@@ -84,8 +90,9 @@ public struct TrainModelSource {
             baseSource = src
             streamedNames = Set(src.names)
         } else if let v = o.version {
-            let (m, _) = try PixelLMModelDirectory.open(v, visionTower: o.visionTower, segTokenIds: tok.segIds)
+            let (m, report) = try PixelLMModelDirectory.open(v, visionTower: o.visionTower, segTokenIds: tok.segIds, keepStoredBF16: frozenBF16)
             model = m
+            keptBF16 = report.keptBF16
         } else {
             throw TrainError.option("--version", "give --version DIR or --config DIR|FILE")
         }
@@ -95,7 +102,7 @@ public struct TrainModelSource {
             model.attachLoRA(l, rng: &rng)
         }
         tokenizerDirectory = tokDir
-        table = ParameterTable(model: model, trainableGroups: try Self.trainableGroups(o.trainable))
+        table = ParameterTable(model: model, trainableGroups: groups)
     }
 
     /// Trainable tensors in bucket order: the reverse of the checkpoint order, so that the decoder side (whose

@@ -153,6 +153,9 @@ struct Train: ParsableCommand {
                 let (local, unsharded) = trainer.optimizer.stateBytes
                 print("train: \(comm.size) rank(s), ZeRO-\(o.zeroStage); \(trainer.source.table.trainable.count) trainable tensors, \(L.totalElements) elements in \(L.buckets.count) bucket(s) (padded \(L.paddedElements)); global batch \(trainer.globalBatch) samples per step (\(o.batchSize) x \(o.gradAccumulationSteps) x \(comm.size)), \(o.totalSteps) steps")
                 print("train: optimizer state per rank \(local) bytes (m, v), \(String(format: "%.3f", Double(local) / Double(max(unsharded, 1)))) of the unsharded \(unsharded)")
+                if trainer.source.keptBF16 > 0 {
+                    print("train: \(trainer.source.keptBF16) frozen LLaMA matrices kept in bf16, used in place from the mapped checkpoint files")
+                }
                 print("train: run directory \(o.runDirectory)")
             }
             try trainer.run()

@@ -377,6 +377,39 @@ final class TrainRunTests: XCTestCase {
         XCTAssertLessThanOrEqual(d, 1e-6)
     }
 
+    /// A base whose LLaMA matrices are stored in bf16 and frozen (LoRA, the released groups) trains with them kept
+    /// in bf16, mapped (the trainer says how many), and gives the run of the same base stored as fp32 copies of the
+    /// rounded values: the same loss curve and weights up to the order of float sums in the tiled products.
+    func testFrozenBF16BaseTrainsAsItsFP32Copy() throws {
+        let (shards, config) = try Self.data.get()
+        let bf = Self.root + "/bf16-base", fp = Self.root + "/bf16-as-f32"
+        var r = try Self.pixellm(["init", "--config", config, "--out", bf, "--tokenizer", Self.root + "/data/tokenizer", "--dtype", "bf16", "--seed", "3"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let src = try WeightSources.open(bf)
+        var tensors: [String: Tensor] = [:]
+        for n in src.names { tensors[n] = try src.tensor(n) }
+        try Safetensors.writeSharded(tensors, to: fp, maxShardBytes: 5 << 30, dtype: .f32)
+        try FileManager.default.copyItem(atPath: bf + "/config.json", toPath: fp + "/config.json")
+        _ = try copyTokenizerFiles(from: bf, to: fp)
+        func args(_ name: String, _ dir: String) -> [String] {
+            ["train", "--version", dir, "--trainable", "released", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0",
+             "--dataset-dir", shards, "--max-steps", "4", "--warmup-steps", "1", "--lr", "2e-3", "--batch-size", "2",
+             "--grad-accumulation-steps", "1", "--bucket-mib", "0.3", "--log-base-dir", Self.root + "/runs", "--exp-name", name]
+        }
+        r = try Self.pixellm(args("bf16-run", bf))
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("14 frozen LLaMA matrices kept in bf16"), r.out)
+        r = try Self.pixellm(args("f32-run", fp))
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertFalse(r.out.contains("kept in bf16"), "f32 files are never rounded: \(r.out)")
+        let a = try Self.losses("bf16-run"), b = try Self.losses("f32-run")
+        XCTAssertEqual(a.count, 4)
+        for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "loss curve") }
+        let (d, worst) = Self.relDiffWhere(Self.split(try Self.weights("bf16-run")).1, Self.split(try Self.weights("f32-run")).1)
+        print("frozen bf16 base against its fp32 copy: \(String(format: "%.2e", d)) relative (largest: \(worst))")
+        XCTAssertLessThanOrEqual(d, 1e-5)
+    }
+
     // MARK: LoRA
 
     /// LoRA with dropout 0.1 (the masks keyed by sample and step): N = 2 equals N = 1; the consolidation keeps the
