@@ -1,3 +1,4 @@
+import CPixelShims
 import Foundation
 
 /// Element types of checkpoint files, named as in safetensors headers (`safetensors/src/tensor.rs`,
@@ -223,6 +224,34 @@ public final class BF16Tensor: @unchecked Sendable {
 /// A `BF16Tensor` used as a weight matrix `[out, in]`.
 public typealias BF16Matrix = BF16Tensor
 
+/// How `linearBF16` multiplies fewer than 8 input rows (decode): `gemv` widens the bf16 weights to fp32 in
+/// registers (CPixelShims/bf16.c, AVX-512 or AVX2 + FMA as the CPU allows, portable C otherwise), reading each
+/// weight once; `convert` converts weight tiles to fp32 and calls SGEMM (the only path for 8 rows and more).
+/// PIXELLM_BF16_KERNEL = convert | avx512 | avx2 | c overrides the choice (benchmarks, tests).
+public enum BF16Kernel: Equatable, Sendable {
+    case convert
+    case gemv(isa: Int)
+
+    public static let best: BF16Kernel = .gemv(isa: Int(pixel_bf16_gemv_isa()))
+
+    nonisolated(unsafe) public static var current: BF16Kernel = {
+        switch ProcessInfo.processInfo.environment["PIXELLM_BF16_KERNEL"] {
+        case "convert": return .convert
+        case "avx512": return .gemv(isa: min(2, Int(pixel_bf16_gemv_isa())))
+        case "avx2": return .gemv(isa: min(1, Int(pixel_bf16_gemv_isa())))
+        case "c": return .gemv(isa: 0)
+        default: return best
+        }
+    }()
+
+    public var name: String {
+        switch self {
+        case .convert: return "convert (bf16 tiles -> fp32, SGEMM)"
+        case .gemv(let isa): return ["portable C", "AVX2 + FMA", "AVX-512"][max(0, min(isa, 2))] + " widening GEMV"
+        }
+    }
+}
+
 /// `y = x wᵀ + bias` with a bf16 weight `[out, in]`, which is frozen: it never gets a gradient. Converts
 /// `tileRows` weight rows at a time into an fp32 scratch (default: ~1 MB for fewer than 8 input rows,
 /// ~4 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
@@ -249,6 +278,19 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
         po.update(repeating: 0, count: out.count)
     }
     if rows == 0 || outF == 0 || inF == 0 { return out }
+    if rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {
+        // decode: every output row reads its weight row once, widened in registers; rows split over the workers
+        let pw = w.base.assumingMemoryBound(to: UInt16.self), px = xc.ptr
+        let scratch = bias == nil ? nil : Storage(count: rows * outF)
+        let ps = scratch?.ptr ?? po
+        Parallel.forRows(outF, rowCost: inF) { lo, hi in
+            for r in 0..<rows {
+                pixel_bf16_gemv(Int32(isa), pw + lo * inF, px + r * inF, ps + r * outF + lo, hi - lo, inF, inF)
+            }
+        }
+        if scratch != nil { for i in 0..<(rows * outF) { po[i] += ps[i] } }
+        return recordLinearBF16(x: x, w: w, bias: bias, out: out, rows: rows, inF: inF, outF: outF, tile: max(1, min(outF, max(4, (1 << 18) / inF))))
+    }
     // measured on 4096x4096: ~1 MB tiles are best for decode (M=1: 4 ms vs 20 ms for fp32 `linear`);
     // for M >= 8 SGEMM wants wider tiles (~4 MB: within 10% of fp32 `linear` from M=16 up)
     let floats = rows < 8 ? 1 << 18 : 1 << 20
@@ -263,7 +305,12 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
                    beta: bias == nil ? 0 : 1, C: po + j, ldc: outF)
         j += n
     }
-    return Autograd.record("linearBF16", out, inputs: [x] + (bias.map { [$0] } ?? [])) { _, gout in
+    return recordLinearBF16(x: x, w: w, bias: bias, out: out, rows: rows, inF: inF, outF: outF, tile: tile)
+}
+
+/// linearBF16's backward (see there).
+func recordLinearBF16(x: Tensor, w: BF16Matrix, bias: Tensor?, out: Tensor, rows: Int, inF: Int, outF: Int, tile: Int) -> Tensor {
+    Autograd.record("linearBF16", out, inputs: [x] + (bias.map { [$0] } ?? [])) { _, gout in
         let g = gout.contiguousData()
         if x.requiresGrad {
             // dX [rows, in] = dY [rows, out] · w [out, in], one weight tile of rows at a time

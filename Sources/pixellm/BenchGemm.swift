@@ -15,7 +15,7 @@ struct BenchGemm: ParsableCommand {
 
     func validate() throws {
         if !(minSeconds > 0) || !minSeconds.isFinite || minSeconds > 3600 { throw ValidationError("--min-seconds must be in (0, 3600] (got \(minSeconds))") }
-        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }) {
+        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only) {
             let models = Self.shapes.reduce(into: [String]()) { if !$0.contains($1.model) { $0.append($1.model) } }
             throw ValidationError("--only '\(only)' matches no shape (models: \(models.joined(separator: ", ")))")
         }
@@ -87,6 +87,43 @@ struct BenchGemm: ParsableCommand {
                 } else {
                     print(pad(s.model, 12) + " " + pad(name, 9) + " " + pad(s.what, 39) + String(format: " %10.1f   %14.1f   %5.2fx", gm, gr, gm / gr))
                 }
+            }
+        }
+        if only.map({ Self.bf16Model.contains($0) }) ?? true { try bf16Decode(info) }
+    }
+
+    static let bf16Model = "bf16-decode"
+
+    /// Decode with bf16 LLaMA-7B weights (one input row): the widening GEMV this CPU runs beside the tile conversion,
+    /// as weight GB/s read and as a fraction of the memory read bandwidth measured in the same run (1 GiB of weight
+    /// copies cycled through, so no cache holds them).
+    func bf16Decode(_ info: BLAS.Info) throws {
+        let bandwidth = SystemReport.readBandwidth(threads: max(info.threads, 1), reps: 3)
+        if !json {
+            print("")
+            print(String(format: "bf16 decode (1 row, LLaMA-7B shapes): memory read %.1f GB/s in this run; kernel %@", bandwidth, BF16Kernel.best.name))
+            print("shape                     convert GB/s   \(pad("best GB/s", 12))  ratio   best / bandwidth")
+        }
+        var rng = RNG(seed: 2)
+        let saved = BF16Kernel.current
+        defer { BF16Kernel.current = saved }
+        for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
+            // as decode does, each call reads weights no cache holds: copies cycled through, 1 GiB in all
+            let copies = max(2, (1 << 30) / (2 * n * k))
+            let one = Tensor.randn([n, k], std: 0.05, rng: &rng)
+            let ws = (0..<copies).map { _ in BF16Matrix(one) }
+            let x = Tensor.randn([1, k], std: 1, rng: &rng)
+            var next = 0
+            BF16Kernel.current = .convert
+            let tc = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: ws[next % copies]) }; next += 1 }
+            BF16Kernel.current = BF16Kernel.best
+            let tb = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: ws[next % copies]) }; next += 1 }
+            let bytes = 2.0 * Double(n) * Double(k)
+            let gc = bytes / tc / 1e9, gb = bytes / tb / 1e9
+            if json {
+                print("{\"pass\":\"bf16-decode\",\"N\":\(n),\"K\":\(k),\"convert_gbs\":\(gc),\"best_gbs\":\(gb),\"kernel\":\"\(BF16Kernel.best.name)\",\"bandwidth_gbs\":\(bandwidth)}")
+            } else {
+                print(pad("1x\(k)->\(n)", 25) + String(format: " %12.1f   %12.1f   %5.2fx   %5.2f", gc, gb, gb / gc, gb / bandwidth))
             }
         }
     }

@@ -143,6 +143,7 @@ enum SystemReport {
         let bw = readBandwidth(threads: max(info.threads, 1), reps: min(reps, 3))
         out.append(String(format: "  memory read    %.1f GB/s (%d thread(s), 512 MiB, best of %d): decode of a bf16 7B (13.5 GB of LLaMA weights per token) is bound at %.2f s/token",
                           bw, max(info.threads, 1), min(reps, 3), 13.5 / bw))
+        out.append("  bf16 kernel    \(BF16Kernel.current.name) for decode (fewer than 8 rows; PIXELLM_BF16_KERNEL overrides)")
         out.append("  mpi            \(String(cString: pixel_mpi_library_version()))")
         out.append("  mpi world      \(comm.size > 1 || Communicators.launchedByMPI ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
         out.append("  hdf5           \(String(cString: pixel_h5_version()))")

@@ -219,6 +219,30 @@ final class SafetensorsTests: CheckpointTestCase {
         XCTAssertEqual(linearBF16(x: Tensor.zeros([0, 37]), w: w).shape, [0, 70])
     }
 
+    /// Every bf16 kernel the CPU can run (the widening GEMV at each instruction set, the tile conversion) gives the
+    /// fp32 product of the rounded weights, up to summation order: 1 to 7 input rows (the GEMV), 8 and more (SGEMM),
+    /// odd sizes (tails of the vector loops, an odd number of output rows), with and without bias.
+    func testBF16KernelsAgree() {
+        let saved = BF16Kernel.current
+        defer { BF16Kernel.current = saved }
+        var kernels: [BF16Kernel] = [.convert, .gemv(isa: 0)]
+        if case .gemv(let best) = BF16Kernel.best { for isa in 1...max(1, best) where isa <= best { kernels.append(.gemv(isa: isa)) } }
+        print("bf16 kernels tested: \(kernels.map(\.name)); this CPU's best: \(BF16Kernel.best.name)")
+        for (outF, inF) in [(70, 37), (33, 4096), (5, 1)] {
+            let w = BF16Matrix(rand([outF, inF], seed: 2, grad: false))
+            let full = w.toTensor(), bias = rand([outF], seed: 3, grad: false)
+            for rows in [1, 3, 7, 8, 11] {
+                let x = rand([rows, inF], seed: UInt64(rows), grad: false)
+                let want = linear(x, full, bias), wantNoBias = linear(x, full)
+                for k in kernels {
+                    BF16Kernel.current = k
+                    assertClose(linearBF16(x: x, w: w, bias: bias), want, tol: 1e-5, "\(k.name) \(rows)x\(inF)->\(outF)")
+                    assertClose(linearBF16(x: x, w: w), wantNoBias, tol: 1e-5, "\(k.name) no bias \(rows)x\(inF)->\(outF)")
+                }
+            }
+        }
+    }
+
     /// A frozen bf16 weight inside a trained model: the input's and the bias's gradients equal those of the fp32
     /// layer on the bf16-rounded weight, at every tile size; a weight read from a mapped bf16 file is used in place.
     func testLinearBF16BackwardMatchesTheConvertedMatrix() throws {

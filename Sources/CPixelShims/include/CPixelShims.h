@@ -98,6 +98,11 @@ int pixel_cpu_online_count(void);
 void pixel_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 
+/// bf16 weights x fp32 vector (bf16.c): y[r] = sum_c w[r * ldw + c] * x[c] for r < rows, the weights widened to
+/// fp32 in registers. isa: 2 AVX-512, 1 AVX2 + FMA, 0 portable C (a request the CPU cannot run falls back).
+int pixel_bf16_gemv_isa(void);
+void pixel_bf16_gemv(int isa, const uint16_t *w, const float *x, float *y, long rows, long cols, long ldw);
+
 // ---------------------------------------------------------------------------------------------------
 // PixelDistributed additions (collectives). Constants Swift cannot import from OpenMPI's mpi.h.
 PIXEL_INLINE MPI_Status *pixel_mpi_statuses_ignore(void) PIXEL_SWIFT_NAME("getter:MPI_STATUSES_IGNORE()") { return MPI_STATUSES_IGNORE; }
