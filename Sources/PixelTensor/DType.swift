@@ -278,7 +278,8 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
         po.update(repeating: 0, count: out.count)
     }
     if rows == 0 || outF == 0 || inF == 0 { return out }
-    if rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {
+    // (explicit tileRows ask for the tile conversion)
+    if tileRows == nil, rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {
         // decode: every output row reads its weight row once, widened in registers; rows split over the workers
         let pw = w.base.assumingMemoryBound(to: UInt16.self), px = xc.ptr
         let scratch = bias == nil ? nil : Storage(count: rows * outF)
