@@ -290,13 +290,7 @@ public enum PixelLMModelDirectory {
         let piece = 1 << 20, pieces = (count + piece - 1) / piece
         DispatchQueue.concurrentPerform(iterations: pieces) { c in
             let start = c * piece, end = min(count, start + piece)
-            for i in start..<end {
-                var z = UInt64(i) &+ key
-                z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-                z ^= z >> 31
-                p[i] = (Float(z >> 40) * (2.0 / 16_777_216.0) - 1) * scale
-            }
+            for i in start..<end { p[i] = hashed(i, key: key, scale: scale) }
         }
     }
 
@@ -314,9 +308,9 @@ public enum PixelLMModelDirectory {
         for (n, t, r) in hashedRules(model, seed: seed) { byName[n] = (t, r) }
         // checkpoint names: the PixelLM names, and CLIP's under the vision prefix
         var shapes: [String: [Int]] = [:], source: [String: String] = [:]
+        let vp = PixelLMForCausalLM.visionPrefix + "."
         for (n, t) in model.checkpointTensors(includeVision: includeVision) {
             shapes[n] = t.shape
-            let vp = PixelLMForCausalLM.visionPrefix + "."
             source[n] = n.hasPrefix(vp) ? String(n.dropFirst(vp.count)) : n
         }
         let files = try Safetensors.writeSharded(shapes: shapes, to: directory, maxShardBytes: maxShardBytes, dtype: dtype) { name in
@@ -332,12 +326,16 @@ public enum PixelLMModelDirectory {
 
     @inline(__always)
     static func fillHashed(count: Int, key: UInt64, scale: Float, _ put: (Int, Float) -> Void) {
-        for i in 0..<count {
-            var z = UInt64(i) &+ key
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            put(i, (Float(z >> 40) * (2.0 / 16_777_216.0) - 1) * scale)
-        }
+        for i in 0..<count { put(i, hashed(i, key: key, scale: scale)) }
+    }
+
+    /// Element `i` of the hashed uniform stream `key` (splitmix64 of i + key), in +-scale.
+    @inline(__always)
+    static func hashed(_ i: Int, key: UInt64, scale: Float) -> Float {
+        var z = UInt64(i) &+ key
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        return (Float(z >> 40) * (2.0 / 16_777_216.0) - 1) * scale
     }
 }

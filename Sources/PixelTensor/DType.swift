@@ -278,6 +278,10 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
         po.update(repeating: 0, count: out.count)
     }
     if rows == 0 || outF == 0 || inF == 0 { return out }
+    // measured on 4096x4096: ~1 MB tiles are best for decode (M=1: 4 ms vs 20 ms for fp32 `linear`);
+    // for M >= 8 SGEMM wants wider tiles (~4 MB: within 10% of fp32 `linear` from M=16 up)
+    let floats = rows < 8 ? 1 << 18 : 1 << 20
+    let tile = max(1, min(outF, tileRows ?? max(4, floats / inF)))
     // (explicit tileRows ask for the tile conversion)
     if tileRows == nil, rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {
         // decode: every output row reads its weight row once, widened in registers; rows split over the workers
@@ -290,12 +294,8 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
             }
         }
         if scratch != nil { for i in 0..<(rows * outF) { po[i] += ps[i] } }
-        return recordLinearBF16(x: x, w: w, bias: bias, out: out, rows: rows, inF: inF, outF: outF, tile: max(1, min(outF, max(4, (1 << 18) / inF))))
+        return recordLinearBF16(x: x, w: w, bias: bias, out: out, rows: rows, inF: inF, outF: outF, tile: tile)
     }
-    // measured on 4096x4096: ~1 MB tiles are best for decode (M=1: 4 ms vs 20 ms for fp32 `linear`);
-    // for M >= 8 SGEMM wants wider tiles (~4 MB: within 10% of fp32 `linear` from M=16 up)
-    let floats = rows < 8 ? 1 << 18 : 1 << 20
-    let tile = max(1, min(outF, tileRows ?? max(4, floats / inF)))
     let scratch = Storage(count: tile * inF)
     var j = 0
     while j < outF {
