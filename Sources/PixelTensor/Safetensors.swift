@@ -1,3 +1,4 @@
+import CPixelShims
 import Foundation
 import PixelJSON
 
@@ -29,31 +30,154 @@ public struct SafetensorsEntry: Sendable, Equatable {
 // MARK: - reading
 
 /// A read-only memory map of a whole file, unmapped when the last user (file, `BF16Tensor`) goes away.
+///
+/// A mapping reads the file, not a copy: a file truncated or rewritten in place under a running job would hand out
+/// other bytes, or a SIGBUS on the pages that are gone. So the map keeps its descriptor and, at open, the file's
+/// identity (device, inode), size, modification time and a CRC-32 over sampled pages (up to 256 pages of 4 KiB spread
+/// over the file: every page of a file up to 1 MiB); `verify()` compares them again (`MappedFiles.verifyAll()`, which
+/// the trainer calls every step and chat / eval before they generate). A SIGBUS inside the mapping (a truncation
+/// between two checks) names the file and exits with status 74 (CPixelShims mapguard.c) instead of dying by the signal.
+/// A file replaced by rename or removed is no change: the mapping keeps the old inode's bytes.
 final class MappedFile: @unchecked Sendable {
     let base: UnsafeRawPointer?
     let size: Int
+    let path: String
+    private let fd: Int32
+    private let identity: (device: UInt64, inode: UInt64, seconds: Int, nanoseconds: Int)
+    let sampleCRC: UInt32
 
     init(path: String) throws {
+        self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw SafetensorsError(.io, file: path, "cannot open: \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
-            throw SafetensorsError(.io, file: path, "fstat failed: \(String(cString: strerror(errno)))")
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw SafetensorsError(.io, file: path, "fstat failed: \(why)")
         }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw SafetensorsError(.io, file: path, "not a regular file") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { close(fd); throw SafetensorsError(.io, file: path, "not a regular file") }
         size = Int(st.st_size)
-        if size == 0 { base = nil; return }
+        identity = Self.identity(st)
+        if size == 0 { base = nil; self.fd = fd; sampleCRC = 0; return }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw SafetensorsError(.io, file: path, "mmap of \(size) bytes failed: \(String(cString: strerror(errno)))")
+            let why = String(cString: strerror(errno))
+            close(fd)
+            throw SafetensorsError(.io, file: path, "mmap of \(size) bytes failed: \(why)")
         }
         base = UnsafeRawPointer(p)
+        self.fd = fd
+        _ = pixel_mapguard_register(p, size, path)
+        sampleCRC = Self.sampledCRC(UnsafeRawPointer(p), size: size)
+        Self.faultHook(path, fd: fd, size: size)
+        MappedFiles.add(self)
     }
 
     deinit {
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+        MappedFiles.remove(self)
+        if let base {
+            pixel_mapguard_unregister(base)
+            munmap(UnsafeMutableRawPointer(mutating: base), size)
+        }
+        close(fd)
+    }
+
+    static func identity(_ st: stat) -> (device: UInt64, inode: UInt64, seconds: Int, nanoseconds: Int) {
+        (UInt64(st.st_dev), UInt64(st.st_ino), Int(st.st_mtim.tv_sec), Int(st.st_mtim.tv_nsec))
+    }
+
+    static let samplePage = 4096, maxSamples = 256
+
+    /// CRC-32 over up to `maxSamples` pages spread evenly over the file (every page of a small file).
+    static func sampledCRC(_ base: UnsafeRawPointer, size: Int) -> UInt32 {
+        let pages = (size + samplePage - 1) / samplePage
+        let stride = max(1, (pages + maxSamples - 1) / maxSamples)
+        var crc: UInt32 = 0
+        for page in Swift.stride(from: 0, to: pages, by: stride) {
+            let off = page * samplePage
+            crc = CRC32.checksum(UnsafeRawBufferPointer(start: base + off, count: min(samplePage, size - off)), initial: crc)
+        }
+        return crc
+    }
+
+    /// What changed since open (nil: nothing). Reads only the sampled pages, and only when the size still holds them.
+    func verify() -> String? {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return "fstat failed: \(String(cString: strerror(errno)))" }
+        let now = Self.identity(st)
+        if Int(st.st_size) != size {
+            return Int(st.st_size) < size ? "truncated under this process: \(st.st_size) bytes, \(size) when it was mapped"
+                : "grown under this process: \(st.st_size) bytes, \(size) when it was mapped (rewritten in place?)"
+        }
+        if let base, Self.sampledCRC(base, size: size) != sampleCRC {
+            return "its bytes changed under this process (CRC-32 of the sampled pages differs from the one at open)"
+        }
+        if now.seconds != identity.seconds || now.nanoseconds != identity.nanoseconds {
+            return "modified under this process (its modification time changed since it was mapped)"
+        }
+        return nil
+    }
+
+    /// Fault injection for tests (RELIABILITY.md): PIXELLM_FAULT_TRUNCATE_MAPPED=NAME halves the file whose name ends
+    /// with NAME right after it is mapped, so that a later read of its second half meets the SIGBUS guard.
+    static func faultHook(_ path: String, fd: Int32, size: Int) {
+        guard let name = ProcessInfo.processInfo.environment["PIXELLM_FAULT_TRUNCATE_MAPPED"], !name.isEmpty, path.hasSuffix(name) else { return }
+        let w = open(path, O_WRONLY | O_CLOEXEC)
+        if w >= 0 { _ = ftruncate(w, off_t(size / 2)); close(w) }
+    }
+}
+
+/// The mapped files alive in this process (every `SafetensorsFile` and what it lent out).
+public enum MappedFiles {
+    nonisolated(unsafe) private static var live: [ObjectIdentifier: Weak] = [:]
+    private static let lock = NSLock()
+    private struct Weak { weak var file: MappedFile? }
+
+    static func add(_ f: MappedFile) { lock.lock(); live[ObjectIdentifier(f)] = Weak(file: f); lock.unlock() }
+    static func remove(_ f: MappedFile) { lock.lock(); live[ObjectIdentifier(f)] = nil; lock.unlock() }
+
+    /// How many files are mapped now.
+    public static var count: Int { lock.lock(); defer { lock.unlock() }; return live.values.filter { $0.file != nil }.count }
+
+    /// Drops every mapped file's resident pages from this process (madvise DONTNEED; the page cache keeps them, so a
+    /// later read faults them back in without I/O). After a load, the pages of the tensors that were copied to fp32
+    /// (embeddings, LM head, CLIP in fp32) would otherwise stay in the process's RSS as long as the file stays mapped
+    /// for the tensors used in place (0.5-1.1 GB at the 7B shape).
+    public static func releaseResidentPages() {
+        lock.lock()
+        let files = live.values.compactMap(\.file)
+        lock.unlock()
+        for f in files {
+            if let base = f.base { _ = madvise(UnsafeMutableRawPointer(mutating: base), f.size, MADV_DONTNEED) }
+        }
+    }
+
+    /// CRC-32 over every mapped file's name (without its directory), size and sampled-page CRC, in name order: equal on
+    /// two ranks that mapped the same files (each node may hold its own copy of a base, at another path).
+    public static func fingerprint() -> UInt32 {
+        lock.lock()
+        let files = live.values.compactMap(\.file)
+        lock.unlock()
+        var crc: UInt32 = 0
+        for f in files.map({ (($0.path as NSString).lastPathComponent, $0.size, $0.sampleCRC) }).sorted(by: { ($0.0, $0.1) < ($1.0, $1.1) }) {
+            let text = "\(f.0) \(f.1) \(f.2)\n"
+            crc = Array(text.utf8).withUnsafeBytes { CRC32.checksum($0, initial: crc) }
+        }
+        return crc
+    }
+
+    /// Throws naming the first mapped file that was truncated or changed since it was mapped.
+    public static func verifyAll() throws {
+        lock.lock()
+        let files = live.values.compactMap(\.file)
+        lock.unlock()
+        for f in files.sorted(by: { $0.path < $1.path }) {
+            if let why = f.verify() {
+                throw SafetensorsError(.io, file: f.path, "a memory-mapped weight file changed: \(why); restore it and start again (a training run resumes from its last checkpoint)")
+            }
+        }
     }
 }
 

@@ -411,6 +411,7 @@ public final class Evaluator {
         var firstError: String?
         for i in stride(from: comm.rank, to: n, by: comm.size) {
             do {
+                try MappedFiles.verifyAll()
                 mine += try evaluateImage(source, i)
             } catch {
                 firstError = firstError ?? "\(error)"

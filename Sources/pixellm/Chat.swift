@@ -64,6 +64,7 @@ struct Chat: ParsableCommand {
         let model = g.model
         let ids = PixelLMPrompt.tokenizerImageToken(
             PixelLMPrompt.inferencePrompt(question: question, useMMStartEnd: model.config.mmUseImStartEnd), tokenizer: tok)
+        try MappedFiles.verifyAll()   // the weights a mapping lends are still the file's
         let r = try g.generate(promptIds: ids, image: gi, options: opts)
         let text = Self.numberedAnswer(r.tokens, tokenizer: tok, segIds: model.segTokenIds, eos: opts.eosId)
         print("answer: \(text)")

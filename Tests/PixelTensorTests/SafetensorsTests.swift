@@ -273,6 +273,61 @@ final class SafetensorsTests: CheckpointTestCase {
         assertClose(x1.grad!, x2.grad!, tol: 1e-6, "mapped weight")
     }
 
+    /// A mapped file truncated, rewritten in place or touched under the process is named by `MappedFiles.verifyAll()`
+    /// (with what changed); a file replaced by rename is no change (the mapping keeps the old bytes), and a mapping
+    /// whose last user is gone is no longer checked.
+    func testChangedMappedFilesAreNamed() throws {
+        let path = tmp + "/mapped.safetensors"
+        try Safetensors.write(["w": rand([300, 40], seed: 4, grad: false)], to: path, dtype: .bf16)
+        var weight: BF16Tensor? = try SafetensorsFile(path).bf16("w")
+        XCTAssertNotNil(weight?.owner, "mapped in place")
+        XCTAssertNoThrow(try MappedFiles.verifyAll())
+        func failure() -> String? {
+            do { try MappedFiles.verifyAll(); return nil } catch { return "\(error)" }
+        }
+        // modification times to the nanosecond (Foundation's Date rounds them)
+        func mtime() -> timespec { var st = stat(); XCTAssertEqual(stat(path, &st), 0); return st.st_mtim }
+        func setMtime(_ t: timespec) { var ts = [t, t]; XCTAssertEqual(utimensat(AT_FDCWD, path, &ts, 0), 0) }
+        let opened = mtime()
+        // one data byte rewritten in place, the modification time put back: the sampled CRC sees it
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        let offset = UInt64(try SafetensorsFile(path).dataOffset + 1001)
+        try h.seek(toOffset: offset)
+        let old = try h.read(upToCount: 1)!
+        try h.seek(toOffset: offset)
+        try h.write(contentsOf: Data([old[0] ^ 0x55]))
+        try h.synchronize()
+        setMtime(opened)
+        var why = failure()
+        XCTAssertTrue(why?.contains(path) == true && why?.contains("bytes changed") == true, why ?? "not detected")
+        // put back: nothing to report
+        try h.seek(toOffset: offset)
+        try h.write(contentsOf: old)
+        try h.synchronize()
+        setMtime(opened)
+        XCTAssertNil(failure())
+        // touched only
+        setMtime(timespec(tv_sec: opened.tv_sec + 5, tv_nsec: opened.tv_nsec))
+        why = failure()
+        XCTAssertTrue(why?.contains(path) == true && why?.contains("modification time") == true, why ?? "not detected")
+        setMtime(opened)
+        // truncated
+        try h.truncate(atOffset: 1000)
+        try h.close()
+        why = failure()
+        XCTAssertTrue(why?.contains(path) == true && why?.contains("truncated") == true && why?.contains("1000 bytes") == true, why ?? "not detected")
+        // replaced by rename: the mapping reads the old inode, unchanged
+        let other = tmp + "/mapped-2.safetensors"
+        try Safetensors.write(["w": rand([300, 40], seed: 4, grad: false)], to: other, dtype: .bf16)
+        var second: BF16Tensor? = try SafetensorsFile(other).bf16("w")
+        XCTAssertEqual(rename(tmp + "/mapped-2.safetensors", tmp + "/mapped-3.safetensors"), 0)
+        try Safetensors.write(["w": rand([30, 4], seed: 5, grad: false)], to: other, dtype: .bf16)
+        weight = nil   // the truncated file's mapping is gone with its last user
+        XCTAssertNil(failure(), "a renamed or replaced file is not a change of the mapping")
+        XCTAssertEqual(second?.count, 12_000)
+        second = nil
+    }
+
     // MARK: malformed files
 
     /// Writes `[u64 N][header][data]` (N = header length unless given) and returns the path.

@@ -103,6 +103,12 @@ void pixel_sgemm(int transA, int transB, int M, int N, int K, float alpha, const
 int pixel_bf16_gemv_isa(void);
 void pixel_bf16_gemv(int isa, const uint16_t *w, const float *x, float *y, long rows, long cols, long ldw);
 
+/// Memory-mapped checkpoint files (mapguard.c): a SIGBUS inside a registered mapping (the file was truncated under
+/// the process) prints the file and offset and exits with status 74 instead of dying by the signal. register returns
+/// 1 when the mapping is guarded (0: the table of 4096 mappings is full; the mapping still works unguarded).
+int pixel_mapguard_register(const void *start, size_t length, const char *path);
+void pixel_mapguard_unregister(const void *start);
+
 // ---------------------------------------------------------------------------------------------------
 // PixelDistributed additions (collectives). Constants Swift cannot import from OpenMPI's mpi.h.
 PIXEL_INLINE MPI_Status *pixel_mpi_statuses_ignore(void) PIXEL_SWIFT_NAME("getter:MPI_STATUSES_IGNORE()") { return MPI_STATUSES_IGNORE; }
