@@ -41,6 +41,11 @@ public struct CheckpointLoadReport {
     public var visionLoaded = false
     /// LLaMA matrices kept in bf16, in place in the mapped file (`keepStoredBF16`).
     public var keptBF16 = 0
+    /// CLIP encoder matrices kept in bf16 likewise (the vision tower inside a PixelLM checkpoint).
+    public var keptCLIPBF16 = 0
+    /// Frozen LLaMA matrices `keepStoredBF16` asked for that the files store in another dtype (F32, F16): copied to
+    /// fp32 instead of mapped, by dtype name.
+    public var frozenCopied: [String: Int] = [:]
 }
 
 public enum PixelLMCheckpoint {

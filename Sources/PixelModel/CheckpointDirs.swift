@@ -167,17 +167,46 @@ public enum PixelLMModelDirectory {
             }
         }
         report.visionLoaded = hasVision
-        report.keptBF16 = stored.count
-        if precision == .bf16 || !stored.isEmpty { CachingAllocator.shared.emptyCache() }
+        report.keptBF16 = stored.keys.filter { !$0.hasPrefix(PixelLMForCausalLM.visionPrefix) }.count
+        report.keptCLIPBF16 = stored.count - report.keptBF16
+        report.frozenCopied = try frozenCopied(model, source, keepStoredBF16)
+        if precision == .bf16 || !stored.isEmpty {
+            CachingAllocator.shared.emptyCache()
+            MappedFiles.releaseResidentPages()
+        }
         return report
     }
 
-    /// The LLaMA matrices `keep` accepts whose files store them in bf16 (see `open`).
+    /// CLIP's encoder matrices under the PixelLM checkpoint's vision prefix (`q/k/v/out_proj`, `fc1`, `fc2` of every
+    /// layer): training keeps them mapped too when they are frozen and stored in bf16 (1.2 GB of fp32 at CLIP-L).
+    public static func clipLinears(_ model: PixelLMForCausalLM) -> [(String, Linear)] {
+        var out: [(String, Linear)] = []
+        for (i, l) in model.visionTower.layers.enumerated() {
+            let p = PixelLMForCausalLM.visionPrefix + ".vision_model.encoder.layers.\(i)."
+            out += [(p + "self_attn.q_proj.weight", l.selfAttn.qProj), (p + "self_attn.k_proj.weight", l.selfAttn.kProj),
+                    (p + "self_attn.v_proj.weight", l.selfAttn.vProj), (p + "self_attn.out_proj.weight", l.selfAttn.outProj),
+                    (p + "mlp.fc1.weight", l.mlp.fc1), (p + "mlp.fc2.weight", l.mlp.fc2)]
+        }
+        return out
+    }
+
+    /// The LLaMA and CLIP matrices `keep` accepts whose files store them in bf16 (see `open`).
     static func storedBF16(_ model: PixelLMForCausalLM, _ source: any WeightSource, _ keep: ((String) -> Bool)?) throws -> [String: Linear] {
         guard let keep else { return [:] }
         var out: [String: Linear] = [:]
-        for (n, lin) in bf16Linears(model) where keep(n) && source.names.contains(n) {
+        for (n, lin) in bf16Linears(model) + clipLinears(model) where keep(n) && source.names.contains(n) {
             if try source.info(n).dtype == .bf16 { out[n] = lin }
+        }
+        return out
+    }
+
+    /// The LLaMA matrices `keep` accepts that the files store in another dtype than bf16, counted by dtype name.
+    static func frozenCopied(_ model: PixelLMForCausalLM, _ source: any WeightSource, _ keep: ((String) -> Bool)?) throws -> [String: Int] {
+        guard let keep else { return [:] }
+        var out: [String: Int] = [:]
+        for (n, _) in bf16Linears(model) where keep(n) && source.names.contains(n) {
+            let d = try source.info(n).dtype
+            if d != .bf16 { out[d.name, default: 0] += 1 }
         }
         return out
     }

@@ -108,6 +108,8 @@ public struct LLaVAInitReport {
     public var vocabulary: LLaVAVocabulary
     /// LLaMA matrices kept in bf16, in place in the mapped file (`keepStoredBF16`).
     public var keptBF16 = 0
+    /// As CheckpointLoadReport.frozenCopied.
+    public var frozenCopied: [String: Int] = [:]
     /// The CLIP load (from `visionDirectory`).
     public var vision = CheckpointLoadReport()
     /// On-disk dtypes of the LLaVA tensors.
@@ -343,6 +345,7 @@ public enum LLaVABase {
         let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: PixelLMModelDirectory.bf16Linears(model)) : [:]
         let stored = loadLayers ? try PixelLMModelDirectory.storedBF16(model, source, keepStoredBF16) : [:]
         report.keptBF16 = stored.count
+        if loadLayers { report.frozenCopied = try PixelLMModelDirectory.frozenCopied(model, source, keepStoredBF16) }
         var scratch = CheckpointLoadReport()
         for (n, t) in llm {
             if !loadLayers && n != "model.embed_tokens.weight" && n != "lm_head.weight" { continue }
@@ -373,7 +376,10 @@ public enum LLaVABase {
 
         // CLIP
         if loadLayers { report.vision = try PixelLMModelDirectory.loadVision(model, from: try WeightSources.open(vdir), name: vdir) }
-        if precision == .bf16 || !stored.isEmpty { CachingAllocator.shared.emptyCache() }
+        if precision == .bf16 || !stored.isEmpty {
+            CachingAllocator.shared.emptyCache()
+            MappedFiles.releaseResidentPages()
+        }
         return (model, report)
     }
 

@@ -156,7 +156,8 @@ public struct PixelLMConversationOutput {
 
 /// Everything the forward computed.
 public struct PixelLMOutput {
-    /// [Bc, T', V], T' = T - 1 + (g/2)^2.
+    /// [Bc, T', V], T' = T - 1 + (g/2)^2; with `LossOptions.supervisedLogitsOnly`, [M, V]: the rows of the M positions
+    /// whose next label is supervised, in order.
     public var logits: Tensor
     /// Final-norm hidden states [Bc, T', H].
     public var hidden: Tensor
@@ -298,10 +299,25 @@ public final class PixelLMForCausalLM: Module {
 
         // 3. LLM, logits, the causal-LM cross-entropy (logits[:, :-1] vs labels[:, 1:], mean over the batch)
         let hidden = llm(embeds, attentionMask: attentionMask)                                 // [Cn, Tx, H]
-        let logits = llm.logits(hidden)                                                         // [Cn, Tx, V]
-        let V = logits.dim(2)
-        let shifted = logits.slice(axis: 1, 0, Tx - 1).reshape([Cn * (Tx - 1), V])
-        let ce = crossEntropy(shifted, targets: expandedLabels.flatMap { $0.dropFirst() }, ignoreIndex: ignore)
+        let logits: Tensor, ce: Tensor
+        if options.supervisedLogitsOnly {
+            // only the rows whose next label is supervised: the same loss, without the [Cn, Tx, V] logits (image and
+            // prompt positions are most of Tx) and their gradient
+            var rows: [Int] = [], targets: [Int] = []
+            for c in 0..<Cn {
+                for t in 0..<(Tx - 1) where expandedLabels[c][t + 1] != ignore {
+                    rows.append(c * Tx + t)
+                    targets.append(expandedLabels[c][t + 1])
+                }
+            }
+            logits = llm.logits(hidden.reshape([Cn * Tx, hidden.dim(2)]).indexSelect(axis: 0, rows))   // [M, V]
+            ce = crossEntropy(logits, targets: targets, ignoreIndex: ignore)
+        } else {
+            logits = llm.logits(hidden)                                                         // [Cn, Tx, V]
+            let V = logits.dim(2)
+            let shifted = logits.slice(axis: 1, 0, Tx - 1).reshape([Cn * (Tx - 1), V])
+            ce = crossEntropy(shifted, targets: expandedLabels.flatMap { $0.dropFirst() }, ignoreIndex: ignore)
+        }
 
         // 4. SEG gathering per conversation
         let segSet = Set(segTokenIds)

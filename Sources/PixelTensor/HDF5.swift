@@ -22,6 +22,12 @@ public enum TensorFile {
 
     /// Writes the tensors atomically (`AtomicFile.replace`: a temporary file, fsync, rename over `path`).
     public static func write(_ tensors: [String: Tensor], to path: String, attributes: [String: String] = [:]) throws {
+        try write(names: Array(tensors.keys), to: path, attributes: attributes) { tensors[$0]! }
+    }
+
+    /// As `write`, with each tensor made when it is written (`make(name)`, names in sorted order), so that a file of
+    /// several GB is written holding one of its tensors at a time.
+    public static func write(names: [String], to path: String, attributes: [String: String] = [:], _ make: (String) throws -> Tensor) throws {
         lock.lock(); defer { lock.unlock() }
         pixel_h5_quiet()
         try AtomicFile.replace(path) { tmp in
@@ -34,8 +40,8 @@ public enum TensorFile {
             let lcpl = try h5(H5Pcreate(H5P_CLS_LINK_CREATE_ID_g), "H5Pcreate", tmp)
             defer { H5Pclose(lcpl) }
             try h5(H5Pset_create_intermediate_group(lcpl, 1), "H5Pset_create_intermediate_group", tmp)
-            for name in tensors.keys.sorted() {
-                let t = tensors[name]!.contiguousData()
+            for name in names.sorted() {
+                let t = try make(name).contiguousData()
                 var dims = t.shape.map { hsize_t($0) }
                 let space = try h5(H5Screate_simple(Int32(dims.count), &dims, nil), "H5Screate_simple", tmp, name)
                 defer { H5Sclose(space) }

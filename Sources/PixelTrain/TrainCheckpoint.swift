@@ -189,18 +189,20 @@ public enum TrainCheckpoint {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             if let problem = spaceProblem(dir, bytes: rankFileBytes(opt)) { throw TrainError.file(dir, problem) }
             let L = opt.buckets.layout
-            var tensors: [String: Tensor] = [:]
-            for b in L.buckets.indices {
-                let own = L.ownedRange(b, rank: comm.rank), s = L.sliceLength(b)
-                let values = Tensor(Array(UnsafeBufferPointer(start: opt.buckets.values[b].ptr + own.lowerBound, count: own.count)),
-                                    shape: [own.count])
-                let stateBase = opt.stage == 0 ? comm.rank * s : 0
-                tensors["b\(b)/value"] = values
-                tensors["b\(b)/m"] = Tensor(Array(UnsafeBufferPointer(start: opt.m[b].ptr + stateBase, count: own.count)), shape: [own.count])
-                tensors["b\(b)/v"] = Tensor(Array(UnsafeBufferPointer(start: opt.v[b].ptr + stateBase, count: own.count)), shape: [own.count])
-            }
+            // written one tensor at a time: this rank's values (copied from the parameters, one bucket's slice at a
+            // time), m and v (views of the optimizer state, no copy); 4.5 GB of copies at the 7B recipe otherwise
             let path = (dir as NSString).appendingPathComponent(TrainCheckpointManifest.rankFileName(comm.rank, of: comm.size))
-            try TensorFile.write(tensors, to: path, attributes: ["format": TrainCheckpointManifest.formatName])
+            let names = L.buckets.indices.flatMap { b in ["b\(b)/value", "b\(b)/m", "b\(b)/v"] }
+            try TensorFile.write(names: names, to: path, attributes: ["format": TrainCheckpointManifest.formatName]) { name in
+                let parts = name.dropFirst().split(separator: "/")
+                let b = Int(parts[0])!, own = L.ownedRange(b, rank: comm.rank), s = L.sliceLength(b)
+                let stateBase = opt.stage == 0 ? comm.rank * s : 0
+                switch parts[1] {
+                case "value": return Tensor(opt.buckets.readValues(b, own), shape: [own.count])
+                case "m": return Tensor(storage: opt.m[b].storage, shape: [own.count], offset: opt.m[b].offset + stateBase)
+                default: return Tensor(storage: opt.v[b].storage, shape: [own.count], offset: opt.v[b].offset + stateBase)
+                }
+            }
         } catch {
             failure = "\(error)"
         }
@@ -311,25 +313,19 @@ public enum TrainCheckpoint {
         guard m.layout.signature == L.signature, m.layout.capElements == L.capElements else {
             throw TrainError.mismatch(field: "trainable parameters", "the checkpoint \(dir) holds other trainable tensors or buckets than this run (--trainable, LoRA or the model config differ)")
         }
-        let full = try readFull(dir, manifest: m)
+        // bucket by bucket (one bucket's values, m and v in memory at a time, not the whole checkpoint)
         for b in L.buckets.indices {
-            let vals = opt.buckets.values[b].ptr
-            vals.update(repeating: 0, count: L.buckets[b].padded)
-            vals.update(from: full.values[b], count: full.values[b].count)
-        }
-        opt.buckets.scatterValues()
-        var newM: [[Float]] = [], newV: [[Float]] = []
-        for b in L.buckets.indices {
+            let values = try readBucket(dir, manifest: m, bucket: b, key: "value")
+            values.withUnsafeBufferPointer { if let a = $0.baseAddress { opt.buckets.writeValues(b, 0..<$0.count, from: a) } }
             let padded = L.buckets[b].padded, s = L.sliceLength(b)
-            var pm = full.m[b] + [Float](repeating: 0, count: padded - full.m[b].count)
-            var pv = full.v[b] + [Float](repeating: 0, count: padded - full.v[b].count)
-            if opt.stage != 0 {
-                pm = Array(pm[(opt.comm.rank * s)..<((opt.comm.rank + 1) * s)])
-                pv = Array(pv[(opt.comm.rank * s)..<((opt.comm.rank + 1) * s)])
+            var state: [[Float]] = []
+            for key in ["m", "v"] {
+                let full = try readBucket(dir, manifest: m, bucket: b, key: key)
+                let p = full + [Float](repeating: 0, count: padded - full.count)
+                state.append(opt.stage != 0 ? Array(p[(opt.comm.rank * s)..<((opt.comm.rank + 1) * s)]) : p)
             }
-            newM.append(pm)
-            newV.append(pv)
+            opt.restoreBucket(b, m: state[0], v: state[1])
         }
-        opt.restore(step: m.adamStep, m: newM, v: newV)
+        opt.step = m.adamStep
     }
 }

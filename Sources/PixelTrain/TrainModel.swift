@@ -15,6 +15,10 @@ public struct TrainModelSource {
     public let table: ParameterTable
     /// Frozen LLaMA matrices kept in bf16, used in place from the mapped checkpoint files (not copied to fp32).
     public private(set) var keptBF16 = 0
+    /// Frozen CLIP encoder matrices kept in bf16 likewise.
+    public private(set) var keptCLIPBF16 = 0
+    /// Frozen LLaMA matrices stored in another dtype (F32, F16), copied to fp32 instead of mapped, by dtype name.
+    public private(set) var frozenCopied: [String: Int] = [:]
 
     public static func configPath(_ p: String) -> String {
         var isDir: ObjCBool = false
@@ -61,6 +65,7 @@ public struct TrainModelSource {
             let (m, report) = try LLaVABase.initialize(fromLLaVA: v, visionTower: o.visionTower, tokenizer: info, settings: settings,
                                                        seed: o.seed, loadLayers: !streaming, keepStoredBF16: streaming ? nil : frozenBF16)
             keptBF16 = report.keptBF16
+            frozenCopied = report.frozenCopied
             if streaming {
                 let src = try WeightSources.open(v)
                 baseSource = src
@@ -93,6 +98,8 @@ public struct TrainModelSource {
             let (m, report) = try PixelLMModelDirectory.open(v, visionTower: o.visionTower, segTokenIds: tok.segIds, keepStoredBF16: frozenBF16)
             model = m
             keptBF16 = report.keptBF16
+            keptCLIPBF16 = report.keptCLIPBF16
+            frozenCopied = report.frozenCopied
         } else {
             throw TrainError.option("--version", "give --version DIR or --config DIR|FILE")
         }
@@ -109,9 +116,10 @@ public struct TrainModelSource {
     /// gradients backward produces first) fills the first buckets.
     public var trainableInBucketOrder: [ParameterEntry] { Array(table.trainable.reversed()) }
 
-    /// CRC-32 over every parameter's bytes (replicas must agree before training).
+    /// CRC-32 over every parameter's bytes (replicas must agree before training), and over the mapped weight files'
+    /// names, sizes and sampled pages (frozen bf16 matrices used in place: each node may map its own copy of the base).
     public func weightsCRC() -> UInt32 {
-        var crc: UInt32 = 0
+        var crc: UInt32 = keptBF16 + keptCLIPBF16 > 0 ? MappedFiles.fingerprint() : 0
         for e in table.entries {
             let t = e.tensor.contiguousData()
             crc = CRC32.checksum(UnsafeRawBufferPointer(start: t.ptr, count: t.count * 4), initial: crc)

@@ -61,7 +61,16 @@ public final class Trainer {
     public var runDirectory: String { options.runDirectory }
     public var globalBatch: Int { options.batchSize * options.gradAccumulationSteps * comm.size }
 
-    public init(options: TrainOptions, comm: any Communicator) throws {
+    /// The memory the run was estimated to need (printed by `pixellm train`), and the limit it was checked against.
+    public private(set) var memoryEstimate = MemoryEstimate()
+    public private(set) var memoryLimit: Int?
+    var reportedMemory = false
+    /// Empty the allocator's cache after every step (the estimate is above half the node's memory).
+    public private(set) var trimCacheEveryStep = false
+
+    /// `memory`: the limit to check the estimate against (nil: the node's MemTotal or cgroup limit) and whether to
+    /// refuse a run that exceeds it (`--memory-limit`, `--skip-memory-check`).
+    public init(options: TrainOptions, comm: any Communicator, memory: (limit: Int?, check: Bool) = (nil, true)) throws {
         try options.validate()
         self.comm = comm
         CommWatchdog.current = CommWatchdog(heartbeat: options.heartbeatSeconds, timeout: options.collectiveTimeout)
@@ -94,6 +103,18 @@ public final class Trainer {
         guard !entries.isEmpty else { throw TrainError.option("--trainable", "'\(options.trainable)' leaves nothing to train") }
         let layout = BucketLayout(tensors: entries.map { ($0.name, $0.tensor.shape) }, worldSize: comm.size,
                                   capElements: options.bucketElements)
+        // what the run will hold, before the buckets, the optimizer state and the first step are allocated
+        memoryEstimate = MemoryEstimate.make(model: source.model, table: source.table, layout: layout, options: options, worldSize: comm.size,
+                                             ranksOnNode: Self.ranksOnThisNode(comm), batch: try Self.largestBatch(batches: batches, reader: reader, options: options))
+        memoryLimit = memory.limit ?? MemoryEstimate.nodeLimit()
+        if memory.check, let limit = memoryLimit, memoryEstimate.node > limit {
+            let levers = memoryEstimate.levers(options: options, config: source.model.config, worldSize: comm.size)
+            throw TrainError.option("memory", "this recipe needs about \(MemoryEstimate.gb(memoryEstimate.node)) on this node and it has \(MemoryEstimate.gb(limit))"
+                + (memory.limit != nil ? " (--memory-limit)" : " (MemTotal or the cgroup's limit)") + ": " + memoryEstimate.summary(limit: limit)
+                + ". What would help: " + (levers + ["a node with at least \(MemoryEstimate.gb(memoryEstimate.node)) of memory"
+                    + (memoryEstimate.mappedBytes > limit ? " (the frozen bf16 weights alone are \(MemoryEstimate.gb(memoryEstimate.mappedBytes)))" : "")]).joined(separator: "; ")
+                + ". --skip-memory-check runs it anyway, --memory-limit SIZE budgets another size")
+        }
         let flat = FlatBuckets(layout: layout, tensors: entries.map(\.tensor))
         optimizer = ZeroAdamW(buckets: flat, comm: comm, stage: options.zeroStage, betas: (options.beta1, options.beta2),
                               weightDecay: options.weightDecay)
@@ -139,6 +160,44 @@ public final class Trainer {
             }
             bestGIoU = comm.broadcast(best)
         }
+        trimCacheEveryStep = memoryLimit.map { memoryEstimate.node * 2 > $0 } ?? false
+        // what loading left in the allocator's cache (skeleton storage of the weights that stay mapped) goes back to
+        // the system, the mapped pages read for copies leave this process's RSS, and the peak of live tensors counts
+        // from here (the first step's report)
+        CachingAllocator.shared.emptyCache()
+        MappedFiles.releaseResidentPages()
+        CachingAllocator.shared.resetPeak()
+    }
+
+    /// Ranks of this job on this machine (by host name; collective).
+    static func ranksOnThisNode(_ comm: any Communicator) -> Int {
+        if comm.size == 1 { return 1 }
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        let h = Int64(bitPattern: UInt64(name.withUnsafeBytes { CRC32.checksum(UnsafeRawBufferPointer(rebasing: $0[..<strlen(name)])) }))
+        return comm.allgather([h]).filter { $0 == h }.count
+    }
+
+    /// The positions (text tokens + image tokens over the conversations, as `sampleCost` counts them) of the largest
+    /// micro-batch among up to 256 samples spread over the shards (batch_size times the largest sample), its
+    /// supervised positions, and the longest conversation.
+    static func largestBatch(batches: ShardBatches, reader: ShardReader, options: TrainOptions) throws -> (positions: Int, supervised: Int, longest: Int) {
+        let n = reader.count
+        guard n > 0 else { return (0, 0, 0) }
+        let config = batches.config, cut = options.modelMaxLength - 255
+        var most = (positions: 0, supervised: 0), longest = 0
+        for k in 0..<min(n, 256) {
+            let (ids, labels) = try reader.tokens(n <= 256 ? k : k * n / 256)
+            var p = 0, s = 0
+            for (conv, lab) in zip(ids, labels) {
+                let len = min(conv.count, cut) - 1 + config.imageTokenCount
+                p += len
+                s += lab.prefix(cut).filter { $0 != PixelLMTokens.ignore }.count
+                longest = max(longest, len)
+            }
+            if p > most.positions { most = (p, s) }
+        }
+        return (most.positions * options.batchSize, most.supervised * options.batchSize, longest)
     }
 
     /// Evaluates the --val-dataset splits (collective), logs their figures, and returns the first split's report.
@@ -206,7 +265,9 @@ public final class Trainer {
         try Autograd.noGrad {
             for start in stride(from: 0, to: mine.count, by: options.batchSize) {
                 let batch = try v.batch(samples: Array(mine[start..<min(start + options.batchSize, mine.count)]))
-                let out = try source.model.forward(batch)
+                var lossOptions = LossOptions()
+                lossOptions.supervisedLogitsOnly = true
+                let out = try source.model.forward(batch, options: lossOptions)
                 let nt = Double(ShardBatches.counts(batch).tokens), nm = Double(out.losses.maskCount)
                 sums[0] += Double(out.losses.ce.item) * nt
                 sums[1] += Double(out.losses.bce.item) * nm
@@ -366,6 +427,8 @@ public final class Trainer {
     /// One optimizer step.
     public func trainStep() throws -> StepMetrics {
         let t0 = Date()
+        // a frozen weight mapped from a file that was truncated or rewritten since: stop naming it, before computing on it
+        try MappedFiles.verifyAll()
         let bs = options.batchSize, ga = options.gradAccumulationSteps
         let picks = try stepPicks()
         var micro: [PixelLMBatch] = []
@@ -396,6 +459,7 @@ public final class Trainer {
             }
             let tf = Date()
             var lossOptions = LossOptions()
+            lossOptions.supervisedLogitsOnly = true
             let sepWeight = options.querySeparationWeight ?? 0
             if sepWeight > 0 { lossOptions.separationMargin = options.querySeparationMargin ?? 0.2 }
             let groundWeight = options.queryGroundingWeight ?? 0
@@ -442,6 +506,10 @@ public final class Trainer {
         let lr = schedule.lr(step: step)
         if comm.rank == 0 && faultNaNSteps.contains(step + 1) { optimizer.poisonNextUpdate = true }
         let report = optimizer.update(lr: lr, maxGradNorm: options.gradientClipping > 0 ? options.gradientClipping : nil)
+        // a run above half the node's memory: this step's cached blocks go back to the system, since the next step's
+        // micro-batches have other shapes (size classes) and would allocate beside them (measured at the 7B width,
+        // 2 ranks: +2.9 GB per rank in step 2 without this)
+        if trimCacheEveryStep { CachingAllocator.shared.emptyCache() }
         if report.skipped { skippedUpdates += 1; skippedInARow += 1 } else { skippedInARow = 0 }
         step += 1
         consumedSamples += globalBatch
@@ -507,6 +575,14 @@ public final class Trainer {
             }
             let m = try trainStep()
             samplesDone += m.samples
+            if !reportedMemory && comm.rank == 0 && !quiet {
+                // what the first step measured beside what was estimated (the estimate's private part: mapped pages are
+                // in RSS once touched, so RSS is set against the whole estimate)
+                reportedMemory = true
+                var ru = rusage()
+                getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &ru)
+                print("train: first step measured: peak RSS \(MemoryEstimate.gb(Int(ru.ru_maxrss) * 1024)), peak of live tensors \(MemoryEstimate.gb(CachingAllocator.shared.peakBytes)) (allocator cache now \(MemoryEstimate.gb(CachingAllocator.shared.cachedBytes))); estimated \(MemoryEstimate.gb(memoryEstimate.perRank + memoryEstimate.mappedBytes)) (tensors \(MemoryEstimate.gb(memoryEstimate.perRank)))")
+            }
             if comm.rank == 0 { try log(m, to: metricsPath, total: total, elapsed: Date().timeIntervalSince(runStart), samples: samplesDone) }
             // every rank took the same decision (the norm is global), so every rank stops here
             if options.maxSkippedInARow > 0 && skippedInARow >= options.maxSkippedInARow {

@@ -21,6 +21,9 @@ public final class ZeroAdamW {
     public let buckets: FlatBuckets
     public let comm: any Communicator
     public let stage: Int
+    /// How gradients are reduced and accumulated: the stage, except on one rank, where every stage is stage 0 (nothing
+    /// to reduce or gather; the gradients accumulate in the buckets themselves, so no second gradient copy is held).
+    let mode: Int
     public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float
     /// Optimizer steps taken (the AdamW bias-correction step).
     public internal(set) var step = 0
@@ -52,13 +55,14 @@ public final class ZeroAdamW {
         self.buckets = buckets
         self.comm = comm
         self.stage = stage
+        mode = comm.size == 1 ? 0 : stage
         beta1 = betas.0
         beta2 = betas.1
         self.eps = eps
         self.weightDecay = weightDecay
         let L = buckets.layout
         let stateLen: (Int) -> Int = { b in stage == 0 ? L.buckets[b].padded : L.sliceLength(b) }
-        reduced = L.buckets.indices.map { Tensor.zeros([stage == 0 ? 0 : stateLen($0)]) }
+        reduced = L.buckets.indices.map { [mode] in Tensor.zeros([mode == 0 ? 0 : stateLen($0)]) }
         m = L.buckets.indices.map { Tensor.zeros([stateLen($0)]) }
         v = L.buckets.indices.map { Tensor.zeros([stateLen($0)]) }
         bucketOf = buckets.bucketOfTensor()
@@ -73,7 +77,7 @@ public final class ZeroAdamW {
 
     /// Call before each micro-batch's backward.
     public func beginMicroBatch() {
-        if stage == 2 {
+        if mode == 2 {
             remaining = buckets.layout.buckets.map { $0.params.count }
             ready = [Bool](repeating: false, count: remaining.count)
             nextToStart = 0
@@ -82,7 +86,7 @@ public final class ZeroAdamW {
 
     /// Backward's leaf hook: counts finished tensors; a finished bucket starts its reduce-scatter (stage 2).
     public func leafComplete(_ t: Tensor) {
-        guard stage == 2, let b = bucketOf[ObjectIdentifier(t)] else { return }
+        guard mode == 2, let b = bucketOf[ObjectIdentifier(t)] else { return }
         remaining[b] -= 1
         if remaining[b] == 0 {
             ready[b] = true
@@ -100,7 +104,7 @@ public final class ZeroAdamW {
 
     /// Between backward kernels: lets the ring reduce-scatters advance (stage 2).
     public func progress() {
-        guard stage == 2, !pending.isEmpty else { return }
+        guard mode == 2, !pending.isEmpty else { return }
         for p in pending { _ = p.request.test() }
     }
 
@@ -117,7 +121,7 @@ public final class ZeroAdamW {
     /// After each micro-batch's backward. Stage 2: finishes its reduce-scatters (a bucket whose gradients never
     /// arrived, e.g. unused in this micro-batch, is reduced now), accumulates the slices and clears the buffers.
     public func endMicroBatch() {
-        guard stage == 2 else { return }
+        guard mode == 2 else { return }
         for b in remaining.indices where remaining[b] > 0 { remaining[b] = 0; ready[b] = true }
         startReady()
         let t0 = Date()
@@ -178,7 +182,7 @@ public final class ZeroAdamW {
         let L = buckets.layout
         if poisonNextUpdate {
             poisonNextUpdate = false
-            if stage == 2 {
+            if mode == 2 {
                 if let b = reduced.firstIndex(where: { $0.count > 0 }) { reduced[b].ptr[0] = .nan }
             } else if let b = L.buckets.indices.first {
                 buckets.grads[b].ptr[0] = .nan
@@ -186,9 +190,9 @@ public final class ZeroAdamW {
         }
         // 1. reduce
         let t0 = Date()
-        switch stage {
+        switch mode {
         case 0:
-            for b in L.buckets.indices { comm.allreduce(buckets.grads[b].ptr, count: L.buckets[b].padded, op: .sum) }
+            for b in L.buckets.indices where comm.size > 1 { comm.allreduce(buckets.grads[b].ptr, count: L.buckets[b].padded, op: .sum) }
         case 1:
             for b in L.buckets.indices {
                 comm.reduceScatter(UnsafePointer(buckets.grads[b].ptr), into: reduced[b].ptr, count: L.sliceLength(b))
@@ -198,7 +202,7 @@ public final class ZeroAdamW {
         }
         let commSeconds = Date().timeIntervalSince(t0)
         exposedCommSeconds += commSeconds
-        if stage != 2 { trace(stage == 0 ? "allreduce" : "reduce-scatter", t0, commSeconds) }
+        if mode != 2 { trace(mode == 0 ? "allreduce" : "reduce-scatter", t0, commSeconds) }
         let t1 = Date()
         // 2. global norm over the owned elements
         var sumsq = 0.0
@@ -208,7 +212,7 @@ public final class ZeroAdamW {
             for i in 0..<n { let x = Double(p[i]); acc += x * x }
             sumsq += acc
         }
-        if stage != 0 { sumsq = comm.allreduce(sumsq, op: .sum) }
+        if mode != 0 { sumsq = comm.allreduce(sumsq, op: .sum) }
         let norm = sumsq.squareRoot()
         var coef: Float = 1
         if let maxGradNorm, norm.isFinite {
@@ -221,7 +225,7 @@ public final class ZeroAdamW {
             for b in L.buckets.indices {
                 let (g, n) = gradient(b)
                 if coef != 1 { for i in 0..<n { g[i] *= coef } }
-                let base = stage == 0 ? 0 : comm.rank * L.sliceLength(b)
+                let base = mode == 0 ? 0 : comm.rank * L.sliceLength(b)
                 // the owned elements base ..< base + n, piece by piece with each piece's learning rate
                 let pieces = lrPieces.isEmpty ? [(range: 0..<L.buckets[b].padded, scale: Float(1))] : lrPieces[b]
                 for piece in pieces {
@@ -229,24 +233,31 @@ public final class ZeroAdamW {
                     guard lo < hi else { continue }
                     let (stepSize, bc2Sqrt, decay) = AdamWKernel.constants(lr: lr * piece.scale, step: step, beta1: beta1, beta2: beta2,
                                                                            weightDecay: weightDecay)
-                    let k = lo - base
-                    AdamWKernel.update(buckets.values[b].ptr + lo, UnsafePointer(g + k), m[b].ptr + k, v[b].ptr + k, n: hi - lo, decay: decay,
-                                       beta1: beta1, beta2: beta2, stepSize: stepSize, bc2Sqrt: bc2Sqrt, eps: eps)
+                    // in place in the parameters (padding has no parameter and no gradient: skipped)
+                    buckets.valuePieces(b, lo..<hi) { p, r in
+                        let k = r.lowerBound - base
+                        AdamWKernel.update(p, UnsafePointer(g + k), m[b].ptr + k, v[b].ptr + k, n: r.count, decay: decay,
+                                           beta1: beta1, beta2: beta2, stepSize: stepSize, bc2Sqrt: bc2Sqrt, eps: eps)
+                    }
                 }
             }
         }
         updateSeconds += Date().timeIntervalSince(t1)
-        // 3. every replica gets the updated values
-        if stage != 0 && !skipped {
+        // 3. every replica gets the updated values: each bucket gathered through one bucket-sized buffer
+        if mode != 0 && !skipped {
             let t2 = Date()
             for b in L.buckets.indices {
-                comm.allgather(inPlace: buckets.values[b].ptr, count: L.sliceLength(b))
+                let s = L.sliceLength(b), mine = (comm.rank * s)..<((comm.rank + 1) * s)
+                let whole = Tensor(empty: [L.buckets[b].padded])
+                whole.ptr.update(repeating: 0, count: whole.count)
+                buckets.valuePieces(b, mine) { p, r in (whole.ptr + r.lowerBound).update(from: p, count: r.count) }
+                comm.allgather(inPlace: whole.ptr, count: s)
+                buckets.writeValues(b, 0..<L.buckets[b].padded, from: whole.ptr)
             }
             let s = Date().timeIntervalSince(t2)
             exposedCommSeconds += s
             trace("allgather", t2, s)
         }
-        if !skipped { buckets.scatterValues() }
         // 4. clear
         buckets.zeroGradients()
         for r in reduced { r.fill(0) }
@@ -255,7 +266,7 @@ public final class ZeroAdamW {
 
     /// The gradient elements this rank steps: the whole padded bucket (stage 0) or the reduced slice.
     func gradient(_ b: Int) -> (UnsafeMutablePointer<Float>, Int) {
-        stage == 0 ? (buckets.grads[b].ptr, buckets.layout.buckets[b].padded) : (reduced[b].ptr, reduced[b].count)
+        mode == 0 ? (buckets.grads[b].ptr, buckets.layout.buckets[b].padded) : (reduced[b].ptr, reduced[b].count)
     }
 
     func trace(_ name: String, _ start: Date, _ seconds: Double) {
@@ -263,13 +274,10 @@ public final class ZeroAdamW {
         traceEvents!.append((name, start.timeIntervalSince(traceOrigin), seconds))
     }
 
-    /// Restores the AdamW step count and this rank's m, v (from a checkpoint).
-    public func restore(step: Int, m newM: [[Float]], v newV: [[Float]]) {
-        self.step = step
-        for b in m.indices {
-            precondition(newM[b].count == m[b].count && newV[b].count == v[b].count, "restore: bucket \(b) sizes")
-            m[b].ptr.update(from: newM[b], count: newM[b].count)
-            v[b].ptr.update(from: newV[b], count: newV[b].count)
-        }
+    /// Restores this rank's m and v of bucket b (from a checkpoint; the trainer sets `step`).
+    public func restoreBucket(_ b: Int, m newM: [Float], v newV: [Float]) {
+        precondition(newM.count == m[b].count && newV.count == v[b].count, "restore: bucket \(b) sizes")
+        m[b].ptr.update(from: newM, count: newM.count)
+        v[b].ptr.update(from: newV, count: newV.count)
     }
 }

@@ -73,6 +73,8 @@ struct Train: ParsableCommand {
     @Option(name: both("stop-at-step"), help: "Stop cleanly (with a checkpoint) at this step; the schedule is unchanged.") var stopAtStep: Int?
     @Option(name: both("time-budget"), help: "Stop cleanly (with a checkpoint) after this wall time: 90s, 10m, 2h.") var timeBudget: String?
     @Flag(help: "Write a Chrome-trace timeline per rank (RUN/trace-rankR.json).") var trace = false
+    @Option(name: both("memory-limit"), help: "Check the run's memory estimate against this size per node (e.g. 20GB) instead of the node's memory (MemTotal or the cgroup limit).") var memoryLimit: String?
+    @Flag(name: both("skip-memory-check"), help: "Start even when the memory estimate exceeds the node's memory (the estimate is still printed).") var skipMemoryCheck = false
     @Flag(help: "No progress lines.") var quiet = false
 
     /// The defaults, then the recipe, then the command line.
@@ -119,6 +121,7 @@ struct Train: ParsableCommand {
         do { try options().validate() } catch { throw ValidationError("\(error)") }
         if let s = stopAtStep, s < 1 { throw ValidationError("--stop-at-step must be >= 1") }
         if let t = timeBudget { _ = try Self.parseDuration(t) }
+        if let m = memoryLimit, MemoryEstimate.parseSize(m) == nil { throw ValidationError("--memory-limit: '\(m)' is not a size such as 20GB or 500MB") }
     }
 
     func run() throws {
@@ -134,7 +137,7 @@ struct Train: ParsableCommand {
                 }
                 try? FileManager.default.removeItem(atPath: probe)
             }
-            let trainer = try Trainer(options: o, comm: comm)
+            let trainer = try Trainer(options: o, comm: comm, memory: (memoryLimit.flatMap(MemoryEstimate.parseSize), !skipMemoryCheck))
             trainer.quiet = quiet
             trainer.stopAtStep = stopAtStep
             trainer.timeBudget = try timeBudget.map(Self.parseDuration)
@@ -152,9 +155,14 @@ struct Train: ParsableCommand {
                 let L = trainer.optimizer.buckets.layout
                 let (local, unsharded) = trainer.optimizer.stateBytes
                 print("train: \(comm.size) rank(s), ZeRO-\(o.zeroStage); \(trainer.source.table.trainable.count) trainable tensors, \(L.totalElements) elements in \(L.buckets.count) bucket(s) (padded \(L.paddedElements)); global batch \(trainer.globalBatch) samples per step (\(o.batchSize) x \(o.gradAccumulationSteps) x \(comm.size)), \(o.totalSteps) steps")
+                print("train: " + trainer.memoryEstimate.summary(limit: trainer.memoryLimit))
                 print("train: optimizer state per rank \(local) bytes (m, v), \(String(format: "%.3f", Double(local) / Double(max(unsharded, 1)))) of the unsharded \(unsharded)")
+                for (dtype, n) in trainer.source.frozenCopied.sorted(by: { $0.key < $1.key }) {
+                    print("train: note: \(n) frozen LLaMA matrices are stored in \(dtype) and were copied to fp32 (only bf16 is used in place); a bf16 copy of the base keeps them mapped (pixellm consolidate --dtype bf16)")
+                }
                 if trainer.source.keptBF16 > 0 {
-                    print("train: \(trainer.source.keptBF16) frozen LLaMA matrices kept in bf16, used in place from the mapped checkpoint files")
+                    print("train: \(trainer.source.keptBF16) frozen LLaMA matrices kept in bf16, used in place from the mapped checkpoint files"
+                          + (trainer.source.keptCLIPBF16 > 0 ? " (and \(trainer.source.keptCLIPBF16) CLIP matrices)" : ""))
                 }
                 print("train: run directory \(o.runDirectory)")
             }

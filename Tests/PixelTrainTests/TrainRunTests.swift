@@ -402,12 +402,79 @@ final class TrainRunTests: XCTestCase {
         r = try Self.pixellm(args("f32-run", fp))
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertFalse(r.out.contains("kept in bf16"), "f32 files are never rounded: \(r.out)")
+        XCTAssertTrue(r.out.contains("note: 14 frozen LLaMA matrices are stored in F32 and were copied to fp32"), r.out)
         let a = try Self.losses("bf16-run"), b = try Self.losses("f32-run")
         XCTAssertEqual(a.count, 4)
         for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "loss curve") }
         let (d, worst) = Self.relDiffWhere(Self.split(try Self.weights("bf16-run")).1, Self.split(try Self.weights("f32-run")).1)
         print("frozen bf16 base against its fp32 copy: \(String(format: "%.2e", d)) relative (largest: \(worst))")
         XCTAssertLessThanOrEqual(d, 1e-5)
+    }
+
+    /// A bf16 base mapped by a training run and rewritten in place under it: the run stops at the next step naming the
+    /// file (not a signal, not a hang); a base truncated under `chat` (the fault hook halves it right after it is
+    /// mapped) meets the SIGBUS guard: status 74 and the file named, no core dump.
+    func testMappedBaseChangedUnderAJobIsNamed() throws {
+        let (shards, config) = try Self.data.get()
+        let base = Self.root + "/mapped-base"
+        var r = try Self.pixellm(["init", "--config", config, "--out", base, "--tokenizer", Self.root + "/data/tokenizer", "--dtype", "bf16"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let file = base + "/model.safetensors"
+        let args = ["train", "--version", base, "--trainable", "released", "--lora-r", "4", "--dataset-dir", shards, "--max-steps", "6",
+                    "--batch-size", "1", "--grad-accumulation-steps", "1", "--log-base-dir", Self.root + "/runs", "--exp-name", "mapped-changed"]
+        let metrics = Self.runDir("mapped-changed") + "/metrics.jsonl"
+        var result: Run?
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            // rank 0 stalls 20 s in step 2, so the change lands while the run is alive
+            result = try? Self.run(Self.binary, args, env: ["PIXELLM_FAULT_STALL": "0:2:20"])
+            done.signal()
+        }
+        let deadline = Date().addingTimeInterval(240)
+        while Date() < deadline, ((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").isEmpty { usleep(50_000) }
+        XCTAssertFalse(((try? String(contentsOfFile: metrics, encoding: .utf8)) ?? "").isEmpty, "step 1 was logged")
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: file))
+        let size = try h.seekToEnd()
+        try h.seek(toOffset: size / 2)
+        let old = try h.read(upToCount: 1)!
+        try h.seek(toOffset: size / 2)
+        try h.write(contentsOf: Data([old[0] ^ 0xFF]))
+        try h.close()
+        XCTAssertEqual(done.wait(timeout: .now() + 300), .success)
+        let run = try XCTUnwrap(result)
+        XCTAssertEqual(run.status, 1, run.out + run.err)
+        XCTAssertTrue(run.err.contains(file) && run.err.contains("changed"), run.err)
+        XCTAssertLessThan(try Self.losses("mapped-changed").count, 6, "stopped before the end")
+
+        // truncated right after chat maps it: the guard turns the SIGBUS into a named error
+        let image = Self.root + "/data/refer_seg/images/mscoco/images/val2017/synth_val_000001.png"
+        r = try Self.run(Self.binary, ["chat", "--model", base, "--image", image, "--prompt", "Where is the circle?", "--max-new-tokens", "4",
+                                       "--out-dir", Self.root + "/mapped-chat"], env: ["PIXELLM_FAULT_TRUNCATE_MAPPED": "mapped-base/model.safetensors"])
+        XCTAssertEqual(r.status, 74, r.out + r.err)
+        XCTAssertTrue(r.err.contains(file) && r.err.contains("truncated"), r.err)
+        XCTAssertLessThan(try FileManager.default.attributesOfItem(atPath: file)[.size] as! UInt64, size, "the hook halved the file")
+    }
+
+    /// The memory estimate is printed before training; a budget it exceeds is refused before any step, with the
+    /// estimate's parts and the levers that apply (gradient checkpointing, batch size, a bf16 base); --skip-memory-check
+    /// runs anyway.
+    func testMemoryEstimateRefusesWhatCannotFit() throws {
+        let args = try common("mem-small", steps: 1, bs: 2, ga: 1, extra: ["--lora-r", "4", "--trainable", "released"]).filter { $0 != "--quiet" }
+        var r = try Self.pixellm(args + ["--memory-limit", "20MB"])
+        XCTAssertEqual(r.status, 1, r.out)
+        for part in ["needs about", "has 0.02 GB (--memory-limit)", "weights", "activations", "positions per micro-batch",
+                     "--gradient-checkpointing (activations", "--batch-size 1 with --grad-accumulation-steps 2",
+                     "a bf16 copy of the base", "--skip-memory-check"] {
+            XCTAssertTrue(r.err.contains(part), "'\(part)' missing: \(r.err)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: Self.runDir("mem-small") + "/metrics.jsonl"), "no step ran")
+        r = try Self.pixellm(args + ["--memory-limit", "20MB", "--skip-memory-check", "--exp-name", "mem-skip"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("train: memory estimate per rank: weights") && r.out.contains("of 0.02 GB"), r.out)
+        XCTAssertEqual(try Self.losses("mem-skip").count, 1)
+        r = try Self.pixellm(args + ["--memory-limit", "lots"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("--memory-limit: 'lots'"), r.err)
     }
 
     // MARK: LoRA
