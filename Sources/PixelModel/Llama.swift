@@ -78,6 +78,16 @@ public final class LlamaDecoderLayer: Module {
         let h = x + selfAttn(inputLayernorm(x), rotary: rotary, mask: mask, cache: cache, layer: layer)
         return h + mlp(postAttentionLayernorm(h))
     }
+
+    /// Runs `f` with this layer's LoRA adapters drawing the dropout of batch row r alone (its seed), then restores
+    /// them: row r of a batch computed by itself (`Autograd.checkpointRows`).
+    func withDropoutRow<T>(_ r: Int, _ f: () -> T) -> T {
+        let adapters = [selfAttn.qProj, selfAttn.kProj, selfAttn.vProj, selfAttn.oProj, mlp.gateProj, mlp.upProj, mlp.downProj].compactMap(\.lora)
+        let saved = adapters.map(\.dropoutSeeds)
+        for a in adapters { if let s = a.dropoutSeeds { a.dropoutSeeds = [s[r]] } }
+        defer { for (a, s) in zip(adapters, saved) { a.dropoutSeeds = s } }
+        return f()
+    }
 }
 
 /// HF LlamaModel (names relative to it: "embed_tokens.weight", "layers.N...", "norm.weight").
@@ -135,9 +145,12 @@ public final class LlamaModel: Module {
         var h = embeds
         for (i, l) in layers.enumerated() {
             if gradientCheckpointing && cache == nil && Autograd.isEnabled {
-                h = Autograd.checkpoint([h], params: l.namedTensors().map { $0.1 }) { xs in
-                    l(xs[0], rotary: rotary, mask: mask, cache: nil, layer: i)
-                }
+                // conversations do not interact inside a layer: backward recomputes them one at a time
+                h = Autograd.checkpointRows(h, params: l.namedTensors().map { $0.1 }, { x in
+                    l(x, rotary: rotary, mask: mask, cache: nil, layer: i)
+                }, row: { r, x in
+                    l.withDropoutRow(r) { l(x, rotary: rotary, mask: mask?.slice(axis: 0, r, r + 1).contiguousData(), cache: nil, layer: i) }
+                })
             } else {
                 h = l(h, rotary: rotary, mask: mask, cache: cache, layer: i)
             }

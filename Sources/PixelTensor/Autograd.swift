@@ -71,6 +71,33 @@ public enum Autograd {
         }
     }
 
+    /// `checkpoint` for a layer whose rows (dim 0: conversations) do not interact: forward runs `body` on all of `x`,
+    /// backward recomputes and back-propagates one row at a time through `row(r, x[r])` (which must compute what
+    /// `body` computes for that row: its own mask row, its own dropout seeds). Backward then holds one row's
+    /// activations and gradients instead of the whole batch's (at the 7B recipe, 1.9 GB of working set for three
+    /// conversations becomes about 0.65 GB). The weights' gradients are summed row by row: equal to `checkpoint`'s up
+    /// to the order of float sums.
+    public static func checkpointRows(_ x: Tensor, params: [Tensor], _ body: @escaping (Tensor) -> Tensor,
+                                      row: @escaping (Int, Tensor) -> Tensor) -> Tensor {
+        let rows = x.rank > 0 ? x.dim(0) : 0
+        guard rows > 1 else { return checkpoint([x], params: params) { body($0[0]) } }
+        guard enabled, x.requiresGrad || params.contains(where: { $0.requiresGrad }) else { return body(x) }
+        let out = noGrad { body(x) }
+        return record("checkpoint_rows", out, inputs: [x] + params) { _, gout in
+            let dx = x.requiresGrad ? Tensor.zeros(x.shape) : nil
+            let per = x.count / rows
+            for r in 0..<rows {
+                let c = x.slice(axis: 0, r, r + 1).detachedCopy()
+                c.requiresGrad = x.requiresGrad
+                let y = withGrad { row(r, c) }
+                guard y.requiresGrad else { continue }
+                y.backward(gout.slice(axis: 0, r, r + 1).contiguousData())
+                if let dx, let g = c.grad { (dx.ptr + r * per).update(from: g.contiguousData().ptr, count: per) }
+            }
+            if let dx { x.accumulateGrad(dx) }
+        }
+    }
+
     /// Records `out` as produced by `op` from `inputs` if any input requires grad. Returns `out`.
     @discardableResult
     public static func record(_ op: String, _ out: Tensor, inputs: [Tensor],

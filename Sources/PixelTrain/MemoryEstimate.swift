@@ -16,7 +16,7 @@ import PixelTensor
 ///   activations  what backward keeps of one micro-batch: per LLaMA layer and position about 10 h + 3 i floats plus two
 ///                attention rows (heads x the conversation's length); with gradient checkpointing only each layer's
 ///                input (h floats); on top, backward's working set of one layer (its activations, their gradients and
-///                the products' temporaries: 2.5 such sets); the logits three times (values, log-softmax, gradient)
+///                the products' temporaries: 2.5 such sets; with checkpointing, of one conversation); the logits three times (values, log-softmax, gradient)
 ///                over the vocabulary at the supervised positions; CLIP the same way over its patches.
 /// The working-set factor was measured (peak of live tensors and peak RSS after the first step, which `pixellm train`
 /// prints beside the estimate: 7B width at 8 layers, 1,873 positions: 12.71 GB estimated, 12.71 GB peak RSS, 8.87 GB
@@ -47,9 +47,10 @@ public struct MemoryEstimate: Sendable, Equatable {
         let h = c.hiddenSize, i = c.intermediateSize, L = c.numHiddenLayers
         let perPosition = 10 * h + 3 * i + 2 * c.numAttentionHeads * T
         // backward holds one layer's activations, their gradients and the products' temporaries at once: measured at
-        // about 2.5 layer sets on top of what forward stored (7B width, 8 and 32 layers, 1,873 positions)
-        let working = 5 * positions * perPosition / 2
-        let llm = checkpointing ? L * positions * h + working : (L - 1) * positions * perPosition + working
+        // about 2.5 layer sets on top of what forward stored (7B width, 8 and 32 layers, 1,873 positions); with
+        // checkpointing the layer is recomputed one conversation at a time (Autograd.checkpointRows)
+        let llm = checkpointing ? L * positions * h + 5 * min(T, positions) * perPosition / 2
+                                : (L - 1) * positions * perPosition + 5 * positions * perPosition / 2
         let logits = 3 * supervised * c.vocabSize
         let v = c.visionConfig
         let patches = c.visionGrid * c.visionGrid + 1
