@@ -109,3 +109,21 @@ void pixel_bf16_gemv(int isa, const uint16_t *w, const float *x, float *y, long 
     else if (isa >= 1 && pixel_bf16_gemv_isa() >= 1) gemv_avx2(w, x, y, rows, cols, ldw);
     else gemv_scalar(w, x, y, rows, cols, ldw);
 }
+
+__attribute__((target("avx2")))
+static void to_f32_avx2(const uint16_t *src, float *dst, long count) {
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m256i a = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        __m256i b = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i + 8)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm256_slli_epi32(a, 16));
+        _mm256_storeu_si256((__m256i *)(dst + i + 8), _mm256_slli_epi32(b, 16));
+    }
+    for (; i < count; i++) dst[i] = bf16_to_f32(src[i]);
+}
+
+void pixel_bf16_to_f32(const uint16_t *src, float *dst, long count) {
+    if (count <= 0) return;
+    if (pixel_bf16_gemv_isa() >= 1) { to_f32_avx2(src, dst, count); return; }
+    for (long i = 0; i < count; i++) dst[i] = bf16_to_f32(src[i]);
+}

@@ -14,9 +14,9 @@ import PixelTensor
 // Loading is strict (every expected name with its shape, nothing unexpected), after the config/shape check
 // of PixelLMCheckpoint.checkConfig, so a wrong directory is an error that names the field or the tensors.
 //
-// Precision `.bf16` keeps the 7 linear weights of every LLaMA decoder layer in bf16 (Linear.bf16Weight,
-// multiplied by linearBF16, in place in the mapped file when it is stored as bf16); everything else (CLIP,
-// embeddings, lm_head, norms, projectors, decoder) is fp32. For the 7B model that is 12.9 GB + ~2.5 GB
+// Precision `.bf16` keeps the 7 linear weights of every LLaMA decoder layer and the lm_head in bf16
+// (Linear.bf16Weight, multiplied by linearBF16, in place in the mapped file when it is stored as bf16); everything
+// else (CLIP, embeddings, norms, projectors, decoder) is fp32. For the 7B model that is 12.9 GB + ~2.5 GB
 // instead of ~28 GB. Such a model is for inference only (linearBF16 refuses inputs that require grad).
 
 /// Weights kept in memory as fp32 (exact) or with the LLaMA layer matrices in bf16 (inference).
@@ -83,6 +83,13 @@ public enum PixelLMModelDirectory {
                     (p + "mlp.down_proj.weight", l.mlp.downProj)]
         }
         return out
+    }
+
+    /// What precision `.bf16` keeps in bf16 (inference): `bf16Linears` and the untied lm_head, whose 32k x 4096
+    /// fp32 matrix would otherwise be read at 4 bytes a weight for every generated token (a seventh of a 7B decode
+    /// step on AVX2: 0.15 of 1.06 s).
+    public static func bf16InferenceLinears(_ model: PixelLMForCausalLM) -> [(String, Linear)] {
+        bf16Linears(model) + (model.llm.lmHead.map { [("lm_head.weight", $0)] } ?? [])
     }
 
     /// Builds the model from `directory`'s config.json and loads everything (see the file comment).
@@ -152,7 +159,7 @@ public enum PixelLMModelDirectory {
         }
         let expected = model.checkpointTensors(includeVision: hasVision)
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
-        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
+        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16InferenceLinears(model)) : [:]
         let stored = try storedBF16(model, source, keepStoredBF16)
         for (n, t) in expected {
             if let lin = bf16[n] ?? stored[n] {
@@ -268,7 +275,7 @@ public enum PixelLMModelDirectory {
     public static func hashedModel(config: PixelLMConfig, segTokenIds: [Int]? = nil, precision: WeightPrecision, seed: UInt64 = 1) -> PixelLMForCausalLM {
         var rng = RNG(seed: seed)
         let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
-        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16Linears(model)) : [:]
+        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16InferenceLinears(model)) : [:]
         for (n, t, rule) in hashedRules(model, seed: seed) {
             if let lin = bf16[n], case .uniform(let key, let a) = rule {
                 let shape = t.shape

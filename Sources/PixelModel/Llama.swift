@@ -189,7 +189,10 @@ public final class LlamaForCausalLM: Module {
     }
 
     /// hidden [..., H] -> logits [..., vocab].
-    public func logits(_ hidden: Tensor) -> Tensor { linear(hidden, lmHead?.weight ?? model.embedTokens.weight) }
+    public func logits(_ hidden: Tensor) -> Tensor {
+        if let lmHead { return lmHead(hidden) }   // (in bf16 when loaded for inference with precision .bf16)
+        return linear(hidden, model.embedTokens.weight)
+    }
 
     /// A cache sized for this model.
     public func makeCache(batch: Int, capacity: Int = 256) -> KVCache { KVCache(config: config, batch: batch, capacity: capacity) }

@@ -210,7 +210,13 @@ public final class BF16Tensor: @unchecked Sendable {
     /// Converts rows `rows` into `dst` (rows.count * rowLength floats).
     public func convertRows(_ rows: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
         precondition(rows.lowerBound >= 0 && rows.upperBound <= rowCount, "BF16Tensor: rows \(rows) of \(rowCount)")
-        Convert.bf16ToF32(base + 2 * rows.lowerBound * rowLength, dst, count: rows.count * rowLength)
+        let src = base + 2 * rows.lowerBound * rowLength, n = rows.count * rowLength
+        guard Int(bitPattern: src) % 2 == 0 else { Convert.bf16ToF32(src, dst, count: n); return }
+        let p = src.assumingMemoryBound(to: UInt16.self), len = rowLength
+        // both cores: a tile converted by one while the other waits would idle half the machine (prefill)
+        Parallel.forRows(rows.count, rowCost: len) { lo, hi in
+            pixel_bf16_to_f32(p + lo * len, dst + lo * len, (hi - lo) * len)
+        }
     }
 
     /// The whole tensor in fp32.
@@ -254,7 +260,7 @@ public enum BF16Kernel: Equatable, Sendable {
 
 /// `y = x wᵀ + bias` with a bf16 weight `[out, in]`, which is frozen: it never gets a gradient. Converts
 /// `tileRows` weight rows at a time into an fp32 scratch (default: ~1 MB for fewer than 8 input rows,
-/// ~4 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
+/// ~8 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
 /// fp32 weight never exists whole. With autograd on, the input's gradient dX = dY w (and the bias's, the
 /// column sums of dY) are recorded, computed the same way tile by tile: a frozen bf16 layer inside a model
 /// being trained (LoRA on a bf16 base) passes gradients through without an fp32 copy of w.
@@ -279,8 +285,9 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
     }
     if rows == 0 || outF == 0 || inF == 0 { return out }
     // measured on 4096x4096: ~1 MB tiles are best for decode (M=1: 4 ms vs 20 ms for fp32 `linear`);
-    // for M >= 8 SGEMM wants wider tiles (~4 MB: within 10% of fp32 `linear` from M=16 up)
-    let floats = rows < 8 ? 1 << 18 : 1 << 20
+    // for M >= 8 SGEMM wants wider tiles (~8 MB, converted on every core: `pixellm bench gemm --only bf16-prefill`
+    // puts 325 rows within 0.8-0.95x of raw SGEMM on the fp32 weights)
+    let floats = rows < 8 ? 1 << 18 : 1 << 21
     let tile = max(1, min(outF, tileRows ?? max(4, floats / inF)))
     // (explicit tileRows ask for the tile conversion)
     if tileRows == nil, rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {

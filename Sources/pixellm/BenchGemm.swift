@@ -15,7 +15,7 @@ struct BenchGemm: ParsableCommand {
 
     func validate() throws {
         if !(minSeconds > 0) || !minSeconds.isFinite || minSeconds > 3600 { throw ValidationError("--min-seconds must be in (0, 3600] (got \(minSeconds))") }
-        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only) {
+        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only), !Self.bf16PrefillModel.contains(only) {
             let models = Self.shapes.reduce(into: [String]()) { if !$0.contains($1.model) { $0.append($1.model) } }
             throw ValidationError("--only '\(only)' matches no shape (models: \(models.joined(separator: ", ")))")
         }
@@ -90,9 +90,40 @@ struct BenchGemm: ParsableCommand {
             }
         }
         if only.map({ Self.bf16Model.contains($0) }) ?? true { try bf16Decode(info) }
+        if only.map({ Self.bf16PrefillModel.contains($0) }) ?? true { bf16Prefill() }
     }
 
     static let bf16Model = "bf16-decode"
+    static let bf16PrefillModel = "bf16-prefill"
+
+    /// Prefill with bf16 LLaMA-7B weights (325 rows: a chat prompt with its image): `linearBF16` (weight tiles
+    /// converted to fp32, then SGEMM) beside raw SGEMM on the fp32 copy of the same weights, as GFLOP/s and a ratio.
+    func bf16Prefill() {
+        if !json {
+            print("")
+            print("bf16 prefill (325 rows, LLaMA-7B shapes): linearBF16 beside raw sgemm on the fp32 weights")
+            print("shape                     linearBF16 GF/s   raw sgemm GF/s   ratio")
+        }
+        var rng = RNG(seed: 3)
+        let m = 325
+        for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
+            let wf = Tensor.randn([n, k], std: 0.05, rng: &rng)
+            let wb = BF16Matrix(wf)
+            let x = Tensor.randn([m, k], std: 1, rng: &rng)
+            let c = Tensor.zeros([m, n])
+            let tb = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: wb) } }
+            let tr = Self.time(minSeconds) {
+                BLAS.sgemm(transA: false, transB: true, M: m, N: n, K: k, A: x.ptr, lda: k, B: wf.ptr, ldb: k, beta: 0, C: c.ptr, ldc: n)
+            }
+            let flops = 2.0 * Double(m) * Double(n) * Double(k)
+            let gb = flops / tb / 1e9, gr = flops / tr / 1e9
+            if json {
+                print("{\"pass\":\"bf16-prefill\",\"M\":\(m),\"N\":\(n),\"K\":\(k),\"pixellm_gflops\":\(gb),\"raw_gflops\":\(gr),\"ratio\":\(gb / gr)}")
+            } else {
+                print(pad("\(m)x\(k)->\(n)", 25) + String(format: " %15.1f   %14.1f   %5.2fx", gb, gr, gb / gr))
+            }
+        }
+    }
 
     /// Decode with bf16 LLaMA-7B weights (one input row): the widening GEMV this CPU runs beside the tile conversion,
     /// as weight GB/s read and as a fraction of the memory read bandwidth measured in the same run (1 GiB of weight

@@ -102,6 +102,9 @@ void pixel_sgemm(int transA, int transB, int M, int N, int K, float alpha, const
 /// fp32 in registers. isa: 2 AVX-512, 1 AVX2 + FMA, 0 portable C (a request the CPU cannot run falls back).
 int pixel_bf16_gemv_isa(void);
 void pixel_bf16_gemv(int isa, const uint16_t *w, const float *x, float *y, long rows, long cols, long ldw);
+/// bf16 -> fp32 (exact: the bits shifted into the high half), `count` values from `src` (2-byte aligned) to `dst`,
+/// 16 at a time with AVX2 when the CPU has it.
+void pixel_bf16_to_f32(const uint16_t *src, float *dst, long count);
 
 /// Memory-mapped checkpoint files (mapguard.c): a SIGBUS inside a registered mapping (the file was truncated under
 /// the process) prints the file and offset and exits with status 74 instead of dying by the signal. register returns
