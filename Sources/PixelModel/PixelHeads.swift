@@ -278,6 +278,23 @@ public final class PixelDecoderSide: Module {
         maskDecoder.decode(embeddings: embeddings, queries: queries, promptEncoder: promptEncoder)
     }
 
+    /// Training with activation checkpointing: the mask decoder keeps only E and the queries in forward and is
+    /// recomputed in backward one target at a time (targets do not interact in it), so backward holds one target's
+    /// activations at the finest level (64 x 64 x 256 per tensor at 448 px) instead of every target's.
+    public var gradientCheckpointing = false
+
+    /// `decode(...).lowRes` (what training's losses read), checkpointed per target when `gradientCheckpointing` is on
+    /// and autograd records.
+    public func decodeLowRes(embeddings: Tensor, queries: Tensor) -> Tensor {
+        guard gradientCheckpointing && Autograd.isEnabled else { return decode(embeddings: embeddings, queries: queries).lowRes }
+        let params = maskDecoder.namedTensors().map(\.1) + promptEncoder.namedTensors().map(\.1)
+        return Autograd.checkpointRows(queries, shared: [embeddings], params: params, { q, e in
+            self.decode(embeddings: e[0], queries: q).lowRes
+        }, row: { _, q, e in
+            self.decode(embeddings: e[0], queries: q).lowRes
+        })
+    }
+
     /// One question end to end: hidden states and SEG rows -> masks at the original size.
     /// `embeddings` from `imageEmbeddings` (compute once per image, share across its questions).
     public func predict(embeddings: Tensor, hidden: Tensor, rows: [Int], inputSize: (height: Int, width: Int),

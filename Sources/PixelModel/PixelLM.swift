@@ -236,13 +236,18 @@ public final class PixelLMForCausalLM: Module {
             + outMMProjector.namedTensors(prefix: "model.out_mm_projector") + decoderSide.namedTensors(prefix: "model")
     }
 
-    /// The CLIP checkpoint ("vision_model....").
-    /// Activation checkpointing of the LLaMA and CLIP layers (see LlamaModel.gradientCheckpointing).
+    /// Activation checkpointing of the LLaMA and CLIP layers (see LlamaModel.gradientCheckpointing) and of the mask
+    /// decoder (PixelDecoderSide.decodeLowRes).
     public var gradientCheckpointing: Bool {
         get { llm.model.gradientCheckpointing }
-        set { llm.model.gradientCheckpointing = newValue; visionTower.gradientCheckpointing = newValue }
+        set {
+            llm.model.gradientCheckpointing = newValue
+            visionTower.gradientCheckpointing = newValue
+            decoderSide.gradientCheckpointing = newValue
+        }
     }
 
+    /// The CLIP checkpoint ("vision_model....").
     public func visionNamedTensors() -> [(String, Tensor)] { visionTower.namedTensors() }
 
     /// The PixelLM checkpoint, with CLIP inside under `visionPrefix` when `includeVision`.
@@ -413,12 +418,12 @@ public final class PixelLMForCausalLM: Module {
                     separationPairs += pairs.count
                 }
             }
-            let decoded = decoderSide.decode(embeddings: E, queries: allQueries)
-            let post = postprocessMasks(decoded.lowRes, inputSize: batch.validSizes[b], originalSize: batch.originalSizes[b])
+            let lowRes = decoderSide.decodeLowRes(embeddings: E, queries: allQueries)
+            let post = postprocessMasks(lowRes, inputSize: batch.validSizes[b], originalSize: batch.originalSizes[b])
             var k0 = 0
             for m in members {
                 let k = convOut[m].predictedCount
-                convOut[m].lowRes = decoded.lowRes.slice(axis: 0, k0, k0 + k)
+                convOut[m].lowRes = lowRes.slice(axis: 0, k0, k0 + k)
                 convOut[m].maskLogits = post.slice(axis: 0, k0, k0 + k).squeeze(1)
                 k0 += k
             }

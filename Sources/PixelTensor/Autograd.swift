@@ -79,22 +79,40 @@ public enum Autograd {
     /// to the order of float sums.
     public static func checkpointRows(_ x: Tensor, params: [Tensor], _ body: @escaping (Tensor) -> Tensor,
                                       row: @escaping (Int, Tensor) -> Tensor) -> Tensor {
+        checkpointRows(x, shared: [], params: params, { x, _ in body(x) }, row: { r, x, _ in row(r, x) })
+    }
+
+    /// `checkpointRows` where every row also reads the tensors `shared` whole (an image's features shared by its
+    /// targets): like `x` they are kept (not their history) and get their gradient, summed over the rows, once
+    /// backward has gone through every row. `body(x, shared)` and `row(r, x[r], shared)` get them as arguments.
+    public static func checkpointRows(_ x: Tensor, shared: [Tensor], params: [Tensor], _ body: @escaping (Tensor, [Tensor]) -> Tensor,
+                                      row: @escaping (Int, Tensor, [Tensor]) -> Tensor) -> Tensor {
         let rows = x.rank > 0 ? x.dim(0) : 0
-        guard rows > 1 else { return checkpoint([x], params: params) { body($0[0]) } }
-        guard enabled, x.requiresGrad || params.contains(where: { $0.requiresGrad }) else { return body(x) }
-        let out = noGrad { body(x) }
-        return record("checkpoint_rows", out, inputs: [x] + params) { _, gout in
+        guard rows > 1 else { return checkpoint([x] + shared, params: params) { body($0[0], Array($0.dropFirst())) } }
+        guard enabled, x.requiresGrad || shared.contains(where: { $0.requiresGrad }) || params.contains(where: { $0.requiresGrad }) else {
+            return body(x, shared)
+        }
+        let out = noGrad { body(x, shared) }
+        return record("checkpoint_rows", out, inputs: [x] + shared + params) { _, gout in
             let dx = x.requiresGrad ? Tensor.zeros(x.shape) : nil
             let per = x.count / rows
+            let copies = shared.map { s -> Tensor in
+                let c = s.detach()
+                c.requiresGrad = s.requiresGrad
+                return c
+            }
             for r in 0..<rows {
                 let c = x.slice(axis: 0, r, r + 1).detachedCopy()
                 c.requiresGrad = x.requiresGrad
-                let y = withGrad { row(r, c) }
+                let y = withGrad { row(r, c, copies) }
                 guard y.requiresGrad else { continue }
                 y.backward(gout.slice(axis: 0, r, r + 1).contiguousData())
                 if let dx, let g = c.grad { (dx.ptr + r * per).update(from: g.contiguousData().ptr, count: per) }
             }
             if let dx { x.accumulateGrad(dx) }
+            for (s, c) in zip(shared, copies) where s.requiresGrad {
+                if let g = c.grad { s.accumulateGrad(g) }
+            }
         }
     }
 
