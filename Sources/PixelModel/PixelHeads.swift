@@ -288,11 +288,9 @@ public final class PixelDecoderSide: Module {
     public func decodeLowRes(embeddings: Tensor, queries: Tensor) -> Tensor {
         guard gradientCheckpointing && Autograd.isEnabled else { return decode(embeddings: embeddings, queries: queries).lowRes }
         let params = maskDecoder.namedTensors().map(\.1) + promptEncoder.namedTensors().map(\.1)
-        return Autograd.checkpointRows(queries, shared: [embeddings], params: params, { q, e in
-            self.decode(embeddings: e[0], queries: q).lowRes
-        }, row: { _, q, e in
-            self.decode(embeddings: e[0], queries: q).lowRes
-        })
+        // a target's row is decoded exactly as in the batch (K is only a batch dimension here)
+        let run: (Tensor, [Tensor]) -> Tensor = { q, e in self.decode(embeddings: e[0], queries: q).lowRes }
+        return Autograd.checkpointRows(queries, shared: [embeddings], params: params, run, row: { _, q, e in run(q, e) })
     }
 
     /// One question end to end: hidden states and SEG rows -> masks at the original size.

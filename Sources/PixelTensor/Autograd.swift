@@ -57,11 +57,7 @@ public enum Autograd {
         }
         let out = noGrad { body(inputs) }
         return record("checkpoint", out, inputs: inputs + params) { _, gout in
-            let copies = inputs.map { x -> Tensor in
-                let c = x.detach()
-                c.requiresGrad = x.requiresGrad
-                return c
-            }
+            let copies = inputs.map(recomputationInput)
             let y = withGrad { body(copies) }
             guard y.requiresGrad else { return }
             y.backward(gout)
@@ -69,6 +65,13 @@ public enum Autograd {
                 if let g = c.grad { x.accumulateGrad(g) }
             }
         }
+    }
+
+    /// A kept input as a recomputation reads it: the same values without their history, collecting its own gradient.
+    private static func recomputationInput(_ x: Tensor) -> Tensor {
+        let c = x.detach()
+        c.requiresGrad = x.requiresGrad
+        return c
     }
 
     /// `checkpoint` for a layer whose rows (dim 0: conversations) do not interact: forward runs `body` on all of `x`,
@@ -96,11 +99,7 @@ public enum Autograd {
         return record("checkpoint_rows", out, inputs: [x] + shared + params) { _, gout in
             let dx = x.requiresGrad ? Tensor.zeros(x.shape) : nil
             let per = x.count / rows
-            let copies = shared.map { s -> Tensor in
-                let c = s.detach()
-                c.requiresGrad = s.requiresGrad
-                return c
-            }
+            let copies = shared.map(recomputationInput)
             for r in 0..<rows {
                 let c = x.slice(axis: 0, r, r + 1).detachedCopy()
                 c.requiresGrad = x.requiresGrad
