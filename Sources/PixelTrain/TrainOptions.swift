@@ -84,6 +84,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// between a few channels of each target's query and the target's appearance (QueryAppearance), normalised like
     /// the mask losses.
     public var queryAppearanceWeight: Float?
+    /// The paper's target refinement loss (nil / 1: off, as in the released code, which has it commented out): the BCE
+    /// of pixels that two or more of one question's predicted masks claim weighs `alpha` instead of 1 (commit b25fff8
+    /// of the release amounted to alpha 2). Weighted with the BCE.
+    public var refinementAlpha: Float?
     /// The reference's --gradient_checkpointing: the LLaMA and CLIP layers keep only their inputs in forward and
     /// are recomputed in backward (about a third more compute, the layers' activations not stored).
     public var gradientCheckpointing = false
@@ -106,7 +110,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case evalMaxImages = "eval_max_images", querySeparationWeight = "query_separation_weight"
         case querySeparationMargin = "query_separation_margin", queryGroundingWeight = "query_grounding_weight"
         case queryGroundingTemperature = "query_grounding_temperature", queryAppearanceWeight = "query_appearance_weight"
-        case gradientCheckpointing = "gradient_checkpointing"
+        case refinementAlpha = "refinement_alpha", gradientCheckpointing = "gradient_checkpointing"
     }
 
     /// A recipe (JSON object with these keys, the reference's spelling) over the defaults. Unknown keys are errors.
@@ -199,6 +203,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if let m = querySeparationMargin, !(m >= -1 && m < 1) { try fail("query-separation-margin", "\(m) must be in [-1, 1)") }
         if let w = queryGroundingWeight, w < 0 || !w.isFinite { try fail("query-grounding-weight", "\(w) must be >= 0") }
         if let w = queryAppearanceWeight, w < 0 || !w.isFinite { try fail("query-appearance-weight", "\(w) must be >= 0") }
+        if let a = refinementAlpha, !(a >= 1) || !a.isFinite { try fail("refinement-alpha", "\(a) must be >= 1 (1: off)") }
         if let t = queryGroundingTemperature, !(t > 0) || !t.isFinite { try fail("query-grounding-temperature", "\(t) must be > 0") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }
         if let l = saveTotalLimit, l < 1 { try fail("save-total-limit", "\(l) must be >= 1") }

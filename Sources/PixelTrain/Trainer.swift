@@ -374,6 +374,8 @@ public final class Trainer {
         public var grounding = 0.0
         /// The query appearance sum per mask (0 when off).
         public var appearance = 0.0
+        /// The target refinement term per mask (0 when off), before the BCE weight.
+        public var refine = 0.0
         public var gradNorm: Double, clippedNorm: Double, skipped: Bool
         public var samples: Int, tokens: Int, masks: Int
         public var dataSeconds: Double, forwardSeconds: Double, backwardSeconds: Double, commSeconds: Double, optimizerSeconds: Double
@@ -441,7 +443,7 @@ public final class Trainer {
         let dataSeconds = Date().timeIntervalSince(t0)
         addTrace("data", t0, dataSeconds)
 
-        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0, appearance = 0.0
+        var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0, appearance = 0.0, refine = 0.0
         optimizer.exposedCommSeconds = 0
         optimizer.updateSeconds = 0
         for (k, batch) in micro.enumerated() {
@@ -466,6 +468,7 @@ public final class Trainer {
             if groundWeight > 0 { lossOptions.groundingTemperature = options.queryGroundingTemperature ?? 0.1 }
             let appearanceWeight = options.queryAppearanceWeight ?? 0
             lossOptions.queryAppearance = appearanceWeight > 0
+            if let a = options.refinementAlpha, a != 1 { lossOptions.refinementAlpha = a }
             let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch, options: lossOptions)
             fwd += Date().timeIntervalSince(tf)
             addTrace("forward \(k)", tf, Date().timeIntervalSince(tf))
@@ -475,7 +478,7 @@ public final class Trainer {
                 let a = tokens > 0 ? Float(Double(options.ceLossWeight) * nt / tokens) : 0
                 let b = masks > 0 ? Float(Double(options.bceLossWeight) * nm / masks) : 0
                 let c = masks > 0 ? Float(Double(options.diceLossWeight) * nm / masks) : 0
-                var loss = out.losses.ce * a + out.losses.bce * b + out.losses.dice * c
+                var loss = out.losses.ce * a + (out.losses.bce + out.losses.refine) * b + out.losses.dice * c
                 if sepWeight > 0, out.losses.separationPairs > 0, masks > 0 {
                     loss = loss + out.losses.separation * Float(Double(sepWeight) / masks)
                     separation += Double(out.losses.separation.item)
@@ -490,6 +493,7 @@ public final class Trainer {
                 }
                 ce += Double(out.losses.ce.item) * nt
                 bce += Double(out.losses.bce.item) * nm
+                refine += Double(out.losses.refine.item) * nm
                 dice += Double(out.losses.dice.item) * nm
                 let tb = Date()
                 if loss.requiresGrad {
@@ -513,10 +517,11 @@ public final class Trainer {
         if report.skipped { skippedUpdates += 1; skippedInARow += 1 } else { skippedInARow = 0 }
         step += 1
         consumedSamples += globalBatch
-        var sums = [ce, bce, dice, separation, grounding, appearance]
+        var sums = [ce, bce, dice, separation, grounding, appearance, refine]
         comm.allreduce(&sums, op: .sum)
         let ceMean = tokens > 0 ? sums[0] / tokens : 0, bceMean = masks > 0 ? sums[1] / masks : 0, diceMean = masks > 0 ? sums[2] / masks : 0
-        let loss = Double(options.ceLossWeight) * ceMean + Double(options.bceLossWeight) * bceMean + Double(options.diceLossWeight) * diceMean
+        let refineMean = masks > 0 ? sums[6] / masks : 0
+        let loss = Double(options.ceLossWeight) * ceMean + Double(options.bceLossWeight) * (bceMean + refineMean) + Double(options.diceLossWeight) * diceMean
             + Double(options.querySeparationWeight ?? 0) * (masks > 0 ? sums[3] / masks : 0)
             + Double(options.queryGroundingWeight ?? 0) * (masks > 0 ? sums[4] / masks : 0)
             + Double(options.queryAppearanceWeight ?? 0) * (masks > 0 ? sums[5] / masks : 0)
@@ -528,6 +533,7 @@ public final class Trainer {
         metrics.separation = masks > 0 ? sums[3] / masks : 0
         metrics.grounding = masks > 0 ? sums[4] / masks : 0
         metrics.appearance = masks > 0 ? sums[5] / masks : 0
+        metrics.refine = refineMean
         return metrics
     }
 
@@ -674,7 +680,7 @@ public final class Trainer {
             "samples": m.samples, "tokens": m.tokens, "masks": m.masks, "samples_per_s": Double(m.samples) / max(m.seconds, 1e-9),
             "data_s": m.dataSeconds, "forward_s": m.forwardSeconds, "backward_s": m.backwardSeconds,
             "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
-            "separation": m.separation, "grounding": m.grounding, "appearance": m.appearance,
+            "separation": m.separation, "grounding": m.grounding, "appearance": m.appearance, "refine": m.refine,
         ]
         history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
         try appendLine(line, to: path)

@@ -42,5 +42,11 @@ final class RecipeTests: XCTestCase {
         XCTAssertThrowsError(try o.validate())
         o.queryAppearanceWeight = 2
         XCTAssertNoThrow(try o.validate())
+        o.refinementAlpha = 0.5
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("refinement-alpha"), "\($0)") }
+        o.refinementAlpha = .infinity
+        XCTAssertThrowsError(try o.validate())
+        o.refinementAlpha = 2
+        XCTAssertNoThrow(try o.validate())
     }
 }
