@@ -115,10 +115,47 @@ final class AttentionTests: XCTestCase {
         for t in [q, k, v] { t.grad = nil }
         b.backward(g)
         for (x, y) in zip(ga, [q, k, v].map { $0.grad! }) { assertClose(x, y, tol: 1e-5, "sdpa grad vs composition") }
-        // inference (no grad recorded, probabilities not kept) gives the same output
+        // inference (no grad recorded, probabilities not kept; 3 query rows take the few-rows kernel) gives the same output
         let n = Autograd.noGrad { scaledDotProductAttention(q, k, v, mask: mask, causal: true) }
         XCTAssertNil(n.node)
-        assertClose(n, a, tol: 0, "no-grad path")
+        assertClose(n, a, tol: 1e-6, "no-grad path")
+    }
+
+    /// The inference kernel for a few query rows (decode: AttentionKernel.forwardFewRows, no BLAS, heads over threads)
+    /// against the general path (BLAS per head, taken whenever a gradient is recorded): GQA, key padding with -inf and
+    /// with finfo.min, bottom-right causal with more queries than keys, strided keys and values as a KV cache holds
+    /// them, a value dim unlike the key dim, sizes off the SIMD width, and a shape large enough to split over threads.
+    func testFewRowsInferenceAttentionMatchesGeneralPath() {
+        func check(B: Int, Hq: Int, Hkv: Int, Tq: Int, Tk: Int, D: Int, Dv: Int, lengths: [Int]?, maskValue: Float = Self.negInf,
+                   causal: Bool, strided: Bool, seed: UInt64, _ what: String) {
+            let q = rand([B, Hq, Tq, D], seed: seed)
+            var k = rand([B, Hkv, Tk, D], seed: seed + 1), v = rand([B, Hkv, Tk, Dv], seed: seed + 2)
+            if strided {
+                // a cache of capacity Tk + 3 read as its first Tk positions
+                let kc = rand([B, Hkv, Tk + 3, D], seed: seed + 1), vc = rand([B, Hkv, Tk + 3, Dv], seed: seed + 2)
+                k = Tensor(storage: kc.storage, shape: [B, Hkv, Tk, D], strides: [Hkv * (Tk + 3) * D, (Tk + 3) * D, D, 1], offset: 0,
+                           requiresGrad: true)
+                v = Tensor(storage: vc.storage, shape: [B, Hkv, Tk, Dv], strides: [Hkv * (Tk + 3) * Dv, (Tk + 3) * Dv, Dv, 1], offset: 0,
+                           requiresGrad: true)
+            }
+            let mask = lengths.map { Self.keyPadding($0, Tk, value: maskValue) }
+            let general = scaledDotProductAttention(q, k, v, mask: mask, causal: causal)
+            XCTAssertNotNil(general.node, what)
+            let few = Autograd.noGrad { scaledDotProductAttention(q, k, v, mask: mask, causal: causal) }
+            XCTAssertNil(few.node, what)
+            XCTAssertEqual(few.shape, [B, Hq, Tq, Dv], what)
+            XCTAssertFalse(few.toArray().contains { !$0.isFinite }, what)
+            assertClose(few, general, tol: 2e-6, what)
+        }
+        check(B: 1, Hq: 4, Hkv: 4, Tq: 1, Tk: 9, D: 16, Dv: 16, lengths: nil, causal: true, strided: false, seed: 1, "one decode row")
+        check(B: 2, Hq: 6, Hkv: 2, Tq: 1, Tk: 13, D: 12, Dv: 5, lengths: [13, 7], causal: true, strided: true, seed: 4, "GQA, padding, cache")
+        check(B: 2, Hq: 2, Hkv: 1, Tq: 3, Tk: 11, D: 8, Dv: 8, lengths: [11, 0], maskValue: Self.finfoMin, causal: true,
+              strided: true, seed: 7, "a row masked everywhere with finfo.min is uniform")
+        check(B: 1, Hq: 2, Hkv: 2, Tq: 4, Tk: 2, D: 8, Dv: 3, lengths: nil, causal: true, strided: false, seed: 10,
+              "more queries than keys: rows that see nothing are 0")
+        check(B: 1, Hq: 3, Hkv: 3, Tq: 2, Tk: 5, D: 7, Dv: 9, lengths: [3], causal: false, strided: false, seed: 13, "not causal")
+        check(B: 1, Hq: 32, Hkv: 8, Tq: 1, Tk: 300, D: 64, Dv: 64, lengths: [290], causal: true, strided: true, seed: 16,
+              "large enough to split the heads over threads")
     }
 
     func testAttentionEmptyRowsGiveZerosNotNaN() {
