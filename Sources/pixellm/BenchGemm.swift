@@ -15,7 +15,8 @@ struct BenchGemm: ParsableCommand {
 
     func validate() throws {
         if !(minSeconds > 0) || !minSeconds.isFinite || minSeconds > 3600 { throw ValidationError("--min-seconds must be in (0, 3600] (got \(minSeconds))") }
-        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only), !Self.bf16PrefillModel.contains(only) {
+        if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only), !Self.bf16PrefillModel.contains(only),
+           !Self.decodeAttentionModel.contains(only) {
             let models = Self.shapes.reduce(into: [String]()) { if !$0.contains($1.model) { $0.append($1.model) } }
             throw ValidationError("--only '\(only)' matches no shape (models: \(models.joined(separator: ", ")))")
         }
@@ -91,6 +92,43 @@ struct BenchGemm: ParsableCommand {
         }
         if only.map({ Self.bf16Model.contains($0) }) ?? true { try bf16Decode(info) }
         if only.map({ Self.bf16PrefillModel.contains($0) }) ?? true { bf16Prefill() }
+        if only.map({ Self.decodeAttentionModel.contains($0) }) ?? true { decodeAttention() }
+    }
+
+    static let decodeAttentionModel = "decode-attention"
+
+    /// The attention of one LLaMA-7B decode step (32 layers, 32 heads of 128, one query over a KV cache of 355 of
+    /// 512 positions, as chat holds it after a 325-position prompt): the few-rows inference kernel beside the BLAS path
+    /// (an sgemm per head for the scores and one for the values), as milliseconds per token and a ratio.
+    func decodeAttention() {
+        if !json {
+            print("")
+            print("decode attention (LLaMA-7B: 32 layers x 32 heads x 128, 1 query row): few-rows kernel beside BLAS per head")
+            print("cached positions   few-rows ms/token   BLAS ms/token   ratio")
+        }
+        var rng = RNG(seed: 4)
+        let layers = 32, heads = 32, hd = 128, capacity = 512
+        let saved = InferenceAttention.fewRowsLimit
+        defer { InferenceAttention.fewRowsLimit = saved }
+        for tk in [64, 355, 512] {
+            let q = Tensor.randn([1, heads, 1, hd], std: 1, rng: &rng)
+            let caches = (0..<layers).map { _ in (Tensor.randn([1, heads, capacity, hd], std: 1, rng: &rng),
+                                                  Tensor.randn([1, heads, capacity, hd], std: 1, rng: &rng)) }
+            func view(_ t: Tensor) -> Tensor {
+                Tensor(storage: t.storage, shape: [1, heads, tk, hd], strides: [heads * capacity * hd, capacity * hd, hd, 1], offset: 0)
+            }
+            let kv = caches.map { (view($0.0), view($0.1)) }
+            func token() { Autograd.noGrad { for (k, v) in kv { _ = scaledDotProductAttention(q, k, v, causal: true) } } }
+            InferenceAttention.fewRowsLimit = saved
+            let tf = Self.time(minSeconds, token)
+            InferenceAttention.fewRowsLimit = 0
+            let tb = Self.time(minSeconds, token)
+            if json {
+                print("{\"pass\":\"decode-attention\",\"keys\":\(tk),\"few_rows_ms\":\(tf * 1e3),\"blas_ms\":\(tb * 1e3),\"ratio\":\(tb / tf)}")
+            } else {
+                print(pad("\(tk) of \(capacity)", 18) + String(format: " %18.2f   %13.2f   %5.2fx", tf * 1e3, tb * 1e3, tb / tf))
+            }
+        }
     }
 
     static let bf16Model = "bf16-decode"

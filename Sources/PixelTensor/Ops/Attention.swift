@@ -231,9 +231,13 @@ enum AttentionKernel {
     }
 }
 
+/// Inference attention with at most `fewRowsLimit` query rows (a decode step) runs `AttentionKernel.forwardFewRows`;
+/// 0 sends every call through the BLAS path (`pixellm bench gemm --only decode-attention` compares the two).
+public enum InferenceAttention {
+    nonisolated(unsafe) public static var fewRowsLimit = 4
+}
+
 extension AttentionKernel {
-    /// Query rows at most for `fewRows` (decode steps): below it, inference attention runs without BLAS.
-    static let fewRowsLimit = 4
 
     /// Inference attention for a few query rows (a decode step): per (batch, query head) the scores by SIMD dot
     /// products over the keys, the softmax, and the probability-weighted sum of the values, the (batch, head) pairs
@@ -331,7 +335,7 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, mas
     let qm = HeadMatrices(q), km = HeadMatrices(k), vm = HeadMatrices(v)
     let ms = mask.map { Shapes.broadcastStrides($0, to: scoresShape) } ?? [0, 0, 0, 0]
     let needGrad = Autograd.isEnabled && ([q, k, v] + (mask.map { [$0] } ?? [])).contains { $0.requiresGrad }
-    if !needGrad && Tq <= AttentionKernel.fewRowsLimit {
+    if !needGrad && Tq <= InferenceAttention.fewRowsLimit {
         let out = Tensor(empty: [B, Hq, Tq, Dv])
         AttentionKernel.forwardFewRows(q: qm, k: km, v: vm, mask: mask.map { UnsafePointer($0.ptr) }, ms: ms, causal: causal,
                                        scale: s, o: out.ptr, B: B, Hq: Hq, Hkv: Hkv, Tq: Tq, Tk: Tk, D: D, Dv: Dv)
