@@ -85,11 +85,12 @@ public enum PixelLMModelDirectory {
         return out
     }
 
-    /// What precision `.bf16` keeps in bf16 (inference): `bf16Linears` and the untied lm_head, whose 32k x 4096
+    /// What precision `.bf16` keeps in bf16 (inference): `bf16Linears`, the untied lm_head, whose 32k x 4096
     /// fp32 matrix would otherwise be read at 4 bytes a weight for every generated token (a seventh of a 7B decode
-    /// step on AVX2: 0.15 of 1.06 s).
+    /// step on AVX2: 0.15 of 1.06 s), and CLIP's encoder matrices when the checkpoint holds them (`clipLinears`: 1.2 GB
+    /// of fp32 at CLIP-L, 0.6 in bf16; the release's chat.py casts the vision tower to the bf16 it runs in, too).
     public static func bf16InferenceLinears(_ model: PixelLMForCausalLM) -> [(String, Linear)] {
-        bf16Linears(model) + (model.llm.lmHead.map { [("lm_head.weight", $0)] } ?? [])
+        bf16Linears(model) + (model.llm.lmHead.map { [("lm_head.weight", $0)] } ?? []) + clipLinears(model)
     }
 
     /// Builds the model from `directory`'s config.json and loads everything (see the file comment).
@@ -129,7 +130,7 @@ public enum PixelLMModelDirectory {
         let model = PixelLMForCausalLM(config: config, segTokenIds: segTokenIds, skeleton: true, rng: &rng)
         var report = try load(model, from: source, name: directory, precision: precision, keepStoredBF16: keepStoredBF16)
         if let visionDir, !hasVision {
-            let r = try loadVision(model, from: try WeightSources.open(visionDir), name: visionDir)
+            let r = try loadVision(model, from: try WeightSources.open(visionDir), name: visionDir, precision: precision)
             report.loaded += r.loaded
             report.ignored += r.ignored
             report.dtypes.formUnion(r.dtypes)
@@ -163,12 +164,7 @@ public enum PixelLMModelDirectory {
         let stored = try storedBF16(model, source, keepStoredBF16)
         for (n, t) in expected {
             if let lin = bf16[n] ?? stored[n] {
-                let info = try source.info(n)
-                try checkFloat(info.dtype, n, name)
-                lin.bf16Weight = try source.bf16(n)
-                lin.weight = Tensor(empty: [info.shape[0], 0])
-                report.dtypes.insert(info.dtype.name)
-                report.loaded += 1
+                try keepBF16(n, in: lin, from: source, name: name, report: &report)
             } else {
                 try copy(n, into: t, from: source, name: name, report: &report)
             }
@@ -221,7 +217,9 @@ public enum PixelLMModelDirectory {
     /// Loads CLIP ("vision_model....") from a CLIPVisionModel or CLIPModel checkpoint; the text tower,
     /// projections, logit_scale and position_ids are ignored (reported).
     @discardableResult
-    public static func loadVision(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String) throws -> CheckpointLoadReport {
+    /// `.bf16` keeps CLIP's encoder matrices in bf16 as `load` does (`bf16InferenceLinears`).
+    public static func loadVision(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String,
+                                  precision: WeightPrecision = .f32) throws -> CheckpointLoadReport {
         var report = CheckpointLoadReport()
         var shapes: [String: [Int]] = [:]
         for n in source.names {
@@ -234,7 +232,17 @@ public enum PixelLMModelDirectory {
         try PixelLMCheckpoint.checkVisionConfig(model.config.visionConfig, shapes: shapes, source: name)
         let expected = model.visionNamedTensors()
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
-        for (n, t) in expected { try copy(n, into: t, from: source, name: name, report: &report) }
+        var bf16: [String: Linear] = [:]
+        if precision == .bf16 {
+            for (n, lin) in clipLinears(model) { bf16[String(n.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1))] = lin }
+        }
+        for (n, t) in expected {
+            if let lin = bf16[n] {
+                try keepBF16(n, in: lin, from: source, name: name, report: &report)
+            } else {
+                try copy(n, into: t, from: source, name: name, report: &report)
+            }
+        }
         return report
     }
 
@@ -254,6 +262,17 @@ public enum PixelLMModelDirectory {
         guard d.isFloatReadable else {
             throw CheckpointDirectoryError(file: name, "'\(key)': dtype \(d.name) is not supported for weights (F32, F16 or BF16)")
         }
+    }
+
+    /// Tensor `n` as `lin`'s bf16 weight (in place from the mapped file when stored in bf16, else rounded), its fp32
+    /// weight emptied.
+    static func keepBF16(_ n: String, in lin: Linear, from source: any WeightSource, name: String, report: inout CheckpointLoadReport) throws {
+        let info = try source.info(n)
+        try checkFloat(info.dtype, n, name)
+        lin.bf16Weight = try source.bf16(n)
+        lin.weight = Tensor(empty: [info.shape[0], 0])
+        report.dtypes.insert(info.dtype.name)
+        report.loaded += 1
     }
 
     static func copy(_ n: String, into t: Tensor, from source: any WeightSource, name: String, report: inout CheckpointLoadReport) throws {
