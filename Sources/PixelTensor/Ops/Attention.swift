@@ -238,7 +238,6 @@ public enum InferenceAttention {
 }
 
 extension AttentionKernel {
-
     /// Inference attention for a few query rows (a decode step): per (batch, query head) the scores by SIMD dot
     /// products over the keys, the softmax, and the probability-weighted sum of the values, the (batch, head) pairs
     /// split over threads. OpenBLAS packs K and V for every 1-row product and runs it on one thread: at the 7B shape
