@@ -12,9 +12,12 @@ struct BenchGemm: ParsableCommand {
     @Option(help: "Minimum seconds spent per measurement.") var minSeconds = 0.3
     @Option(help: "Only shapes whose model name contains this.") var only: String?
     @Flag(help: "Print JSON lines instead of a table.") var json = false
+    @Option(help: "GiB of bf16 weight copies the decode products cycle through (1: no cache holds them; a 7B decode reads 13.5).")
+    var decodeGib = 1.0
 
     func validate() throws {
         if !(minSeconds > 0) || !minSeconds.isFinite || minSeconds > 3600 { throw ValidationError("--min-seconds must be in (0, 3600] (got \(minSeconds))") }
+        if !(decodeGib >= 0.125 && decodeGib <= 64) { throw ValidationError("--decode-gib must be in [0.125, 64] (got \(decodeGib))") }
         if let only, !Self.shapes.contains(where: { $0.model.contains(only) }), !Self.bf16Model.contains(only), !Self.bf16PrefillModel.contains(only),
            !Self.decodeAttentionModel.contains(only) {
             let models = Self.shapes.reduce(into: [String]()) { if !$0.contains($1.model) { $0.append($1.model) } }
@@ -170,15 +173,16 @@ struct BenchGemm: ParsableCommand {
         let bandwidth = SystemReport.readBandwidth(threads: max(info.threads, 1), reps: 3)
         if !json {
             print("")
-            print(String(format: "bf16 decode (1 row, LLaMA-7B shapes): memory read %.1f GB/s in this run; kernel %@", bandwidth, BF16Kernel.best.name))
+            print(String(format: "bf16 decode (1 row, LLaMA-7B shapes, %.3g GiB of weights cycled): memory read %.1f GB/s in this run; kernel %@",
+                         decodeGib, bandwidth, BF16Kernel.best.name))
             print("shape                     convert GB/s   \(pad("best GB/s", 12))  ratio   best / bandwidth")
         }
         var rng = RNG(seed: 2)
         let saved = BF16Kernel.current
         defer { BF16Kernel.current = saved }
         for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
-            // as decode does, each call reads weights no cache holds: copies cycled through, 1 GiB in all
-            let copies = max(2, (1 << 30) / (2 * n * k))
+            // as decode does, each call reads weights no cache holds: copies cycled through, --decode-gib in all
+            let copies = max(2, Int(decodeGib * Double(1 << 30)) / (2 * n * k))
             let one = Tensor.randn([n, k], std: 0.05, rng: &rng)
             let ws = (0..<copies).map { _ in BF16Matrix(one) }
             let x = Tensor.randn([1, k], std: 1, rng: &rng)
