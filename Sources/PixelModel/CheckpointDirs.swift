@@ -85,12 +85,23 @@ public enum PixelLMModelDirectory {
         return out
     }
 
-    /// What precision `.bf16` keeps in bf16 (inference): `bf16Linears`, the untied lm_head, whose 32k x 4096
+    /// What precision `.bf16` keeps in bf16 (inference): `bf16Linears` and the untied lm_head, whose 32k x 4096
     /// fp32 matrix would otherwise be read at 4 bytes a weight for every generated token (a seventh of a 7B decode
-    /// step on AVX2: 0.15 of 1.06 s), and CLIP's encoder matrices when the checkpoint holds them (`clipLinears`: 1.2 GB
-    /// of fp32 at CLIP-L, 0.6 in bf16; the release's chat.py casts the vision tower to the bf16 it runs in, too).
+    /// step on AVX2: 0.15 of 1.06 s). CLIP's encoder matrices (`clipLinears`) join them when the files store them in
+    /// bf16 (used in place: 0.6 GB mapped instead of 1.2 GB of fp32 at CLIP-L), never rounded from fp32.
     public static func bf16InferenceLinears(_ model: PixelLMForCausalLM) -> [(String, Linear)] {
-        bf16Linears(model) + (model.llm.lmHead.map { [("lm_head.weight", $0)] } ?? []) + clipLinears(model)
+        bf16Linears(model) + (model.llm.lmHead.map { [("lm_head.weight", $0)] } ?? [])
+    }
+
+    /// CLIP's encoder matrices that `.bf16` keeps in place: those `source` stores in bf16, by the source's names
+    /// (`prefix` + the vision tower's own names).
+    static func storedBF16CLIP(_ model: PixelLMForCausalLM, _ source: any WeightSource, prefix: String) throws -> [String: Linear] {
+        var out: [String: Linear] = [:]
+        for (n, lin) in clipLinears(model) {
+            let name = prefix + String(n.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1))
+            if source.names.contains(name), try source.info(name).dtype == .bf16 { out[name] = lin }
+        }
+        return out
     }
 
     /// Builds the model from `directory`'s config.json and loads everything (see the file comment).
@@ -160,7 +171,10 @@ public enum PixelLMModelDirectory {
         }
         let expected = model.checkpointTensors(includeVision: hasVision)
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
-        let bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16InferenceLinears(model)) : [:]
+        var bf16 = precision == .bf16 ? Dictionary(uniqueKeysWithValues: bf16InferenceLinears(model)) : [:]
+        if precision == .bf16 && hasVision {
+            bf16.merge(try storedBF16CLIP(model, source, prefix: PixelLMForCausalLM.visionPrefix + "."), uniquingKeysWith: { a, _ in a })
+        }
         let stored = try storedBF16(model, source, keepStoredBF16)
         for (n, t) in expected {
             if let lin = bf16[n] ?? stored[n] {
@@ -232,10 +246,7 @@ public enum PixelLMModelDirectory {
         try PixelLMCheckpoint.checkVisionConfig(model.config.visionConfig, shapes: shapes, source: name)
         let expected = model.visionNamedTensors()
         if let err = PixelLMCheckpoint.mismatch(expected: expected, found: shapes) { throw err }
-        var bf16: [String: Linear] = [:]
-        if precision == .bf16 {
-            for (n, lin) in clipLinears(model) { bf16[String(n.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1))] = lin }
-        }
+        let bf16 = precision == .bf16 ? try storedBF16CLIP(model, source, prefix: "") : [:]
         for (n, t) in expected {
             if let lin = bf16[n] {
                 try keepBF16(n, in: lin, from: source, name: name, report: &report)

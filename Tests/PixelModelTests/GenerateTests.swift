@@ -166,6 +166,12 @@ final class GenerateTests: XCTestCase {
             }
             let (loaded, _) = try PixelLMModelDirectory.open(dir)
             XCTAssertEqual(loaded.config, config)
+            // bf16 precision keeps CLIP's matrices in place when the files store them in bf16, and never rounds fp32 ones
+            let (b, _) = try PixelLMModelDirectory.open(dir, precision: .bf16)
+            let fc1 = b.visionTower.layers[0].mlp.fc1
+            XCTAssertEqual(fc1.bf16Weight != nil, dtype == .bf16, "CLIP fc1 kept in bf16 (\(dtype.name) on disk)")
+            XCTAssertEqual(fc1.weight.count == 0, dtype == .bf16)
+            XCTAssertNotNil(b.llm.model.layers[0].selfAttn.qProj.bf16Weight)
         }
         let bf = PixelLMModelDirectory.hashedModel(config: config, precision: .bf16, seed: 5)
         let q = bf.llm.model.layers[0].selfAttn.qProj
@@ -180,16 +186,10 @@ final class GenerateTests: XCTestCase {
         let ids = Self.ints(ref["input_ids"]!)
         let p = ids.firstIndex(of: Self.segIds[0])! - 2
         let a = try open("bin-bf16", .f32), b = try open("st-bf16", .bf16)
-        // the fixtures' CLIP directory is fp32: bf16 precision rounds its matrices, so the f32 model gets the same rounding
-        for (_, lin) in PixelLMModelDirectory.clipLinears(a) {
-            let w = lin.weight.contiguousData()
-            for i in 0..<w.count { lin.weight.ptr[i] = Convert.float(bf16: Convert.bf16(w.ptr[i])) }
-        }
         XCTAssertNotNil(b.llm.model.layers[1].mlp.downProj.bf16Weight)
         XCTAssertEqual(b.llm.model.layers[1].mlp.downProj.weight.count, 0)
         XCTAssertNotNil(b.llm.lmHead?.bf16Weight, "the lm_head is read once per generated token: bf16 too")
-        XCTAssertNotNil(b.visionTower.layers[0].mlp.fc1.bf16Weight, "CLIP's matrices are bf16 too (as chat.py casts them)")
-        XCTAssertEqual(b.visionTower.layers[0].mlp.fc1.weight.count, 0)
+        XCTAssertNil(b.visionTower.layers[0].mlp.fc1.bf16Weight, "the fixtures' CLIP is stored in fp32: never rounded")
         let o = GenerationOptions(maxNewTokens: 64, forcedTokens: Array(ids[p...]))
         let ra = try PixelLMGenerator(model: a).generate(promptIds: Array(ids[..<p]), image: Self.image(ref), options: o)
         let rb = try PixelLMGenerator(model: b).generate(promptIds: Array(ids[..<p]), image: Self.image(ref), options: o)
