@@ -229,9 +229,9 @@ public enum PixelLMModelDirectory {
     }
 
     /// Loads CLIP ("vision_model....") from a CLIPVisionModel or CLIPModel checkpoint; the text tower,
-    /// projections, logit_scale and position_ids are ignored (reported).
+    /// projections, logit_scale and position_ids are ignored (reported). `.bf16` keeps the encoder matrices the
+    /// files store in bf16 in place, as `load` does (`storedBF16CLIP`).
     @discardableResult
-    /// `.bf16` keeps CLIP's encoder matrices in bf16 as `load` does (`bf16InferenceLinears`).
     public static func loadVision(_ model: PixelLMForCausalLM, from source: any WeightSource, name: String,
                                   precision: WeightPrecision = .f32) throws -> CheckpointLoadReport {
         var report = CheckpointLoadReport()
