@@ -258,6 +258,63 @@ public enum BF16Kernel: Equatable, Sendable {
     }
 }
 
+/// How `linearBF16` multiplies 8 input rows and more when no gradient is being recorded (prefill, evaluation):
+/// `dotBF16` rounds the input rows to bf16 once and multiplies them with the AVX-512 BF16 dot product
+/// (CPixelShims/bf16gemm.c: two bf16 products per fp32 lane and instruction, sums in fp32; the numbers of a bf16
+/// autocast); `convert` converts weight tiles to fp32 and calls SGEMM on the fp32 input, and is what every CPU
+/// without AVX-512 BF16 and every product whose gradient is recorded (training) uses. The flags do not say which
+/// is faster: the dot product is taken only where a measurement (`dotSpeedup`, ~2 ms at the first use) finds it
+/// delivering at least 1.25x the multiply-adds per second of fp32 FMAs (2-core Xeon with AVX-512 BF16, 2026-12-07:
+/// 0.4-0.5x, so not there). PIXELLM_BF16_PREFILL = convert | avx512bf16 overrides the choice (benchmarks, tests).
+public enum BF16PrefillKernel: Equatable, Sendable {
+    case convert
+    case dotBF16
+
+    /// Whether this CPU has the AVX-512 BF16 dot product at all.
+    public static let available = pixel_bf16_gemm_isa() != 0
+
+    /// The dot product's multiply-adds per second over fp32 FMAs', measured on this core (0 without it).
+    public static let dotSpeedup: Double = pixel_bf16_dot_speedup()
+
+    /// The faster of the two here.
+    public static let best: BF16PrefillKernel = available && dotSpeedup >= 1.25 ? .dotBF16 : .convert
+
+    nonisolated(unsafe) public static var current: BF16PrefillKernel = {
+        switch ProcessInfo.processInfo.environment["PIXELLM_BF16_PREFILL"] {
+        case "convert": return .convert
+        case "avx512bf16": return available ? .dotBF16 : .convert
+        default: return best
+        }
+    }()
+
+    public var name: String {
+        switch self {
+        case .convert: return "convert (bf16 tiles -> fp32, SGEMM)"
+        case .dotBF16: return "AVX-512 BF16 dot products (inputs rounded to bf16)"
+        }
+    }
+}
+
+/// `x wᵀ` into `out` (which holds the bias when `accumulate`) with the AVX-512 BF16 dot product: `x` [rows, inF]
+/// rounded to bf16 once, the output columns shared out over the workers in panels. False (nothing written) when
+/// the CPU lacks it.
+func dotBF16Product(x: UnsafePointer<Float>, rows: Int, inF: Int, w: UnsafePointer<UInt16>, outF: Int,
+                    out: UnsafeMutablePointer<Float>, accumulate: Bool) -> Bool {
+    guard pixel_bf16_gemm_isa() != 0 else { return false }
+    let ldx = inF + (inF & 1)
+    let xb = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * ldx)
+    defer { xb.deallocate() }
+    Parallel.forRows(rows, rowCost: inF) { lo, hi in
+        pixel_f32_rows_to_bf16(x + lo * inF, hi - lo, inF, inF, xb + lo * ldx, ldx)
+    }
+    let width = Int(pixel_bf16_gemm_panel_width()), panels = (outF + width - 1) / width
+    Parallel.forRows(panels, rowCost: rows * inF * width / 16) { lo, hi in
+        let rc = pixel_bf16_gemm(xb, rows, ldx, inF, w, inF, outF, lo, hi, out, outF, accumulate ? 1 : 0)
+        precondition(rc == 0, "pixel_bf16_gemm: \(rc) after the CPU check")
+    }
+    return true
+}
+
 /// `y = x wᵀ + bias` with a bf16 weight `[out, in]`, which is frozen: it never gets a gradient. Converts
 /// `tileRows` weight rows at a time into an fp32 scratch (default: ~1 MB for fewer than 8 input rows,
 /// ~8 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
@@ -302,6 +359,11 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
         }
         if scratch != nil { for i in 0..<(rows * outF) { po[i] += ps[i] } }
         return recordLinearBF16(x: x, w: w, bias: bias, out: out, rows: rows, inF: inF, outF: outF, tile: tile)
+    }
+    if tileRows == nil, !Autograd.isEnabled, BF16PrefillKernel.current == .dotBF16, Int(bitPattern: w.base) % 2 == 0,
+       dotBF16Product(x: xc.ptr, rows: rows, inF: inF, w: w.base.assumingMemoryBound(to: UInt16.self), outF: outF,
+                      out: po, accumulate: bias != nil) {
+        return out
     }
     let scratch = Storage(count: tile * inF)
     var j = 0

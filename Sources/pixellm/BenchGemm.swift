@@ -137,31 +137,47 @@ struct BenchGemm: ParsableCommand {
     static let bf16Model = "bf16-decode"
     static let bf16PrefillModel = "bf16-prefill"
 
-    /// Prefill with bf16 LLaMA-7B weights (325 rows: a chat prompt with its image): `linearBF16` (weight tiles
-    /// converted to fp32, then SGEMM) beside raw SGEMM on the fp32 copy of the same weights, as GFLOP/s and a ratio.
+    /// Prefill with bf16 LLaMA-7B weights (325 rows: a chat prompt with its image): `linearBF16` with the tile
+    /// conversion (weight tiles converted to fp32, then SGEMM) and, where the CPU has it, with the AVX-512 BF16 dot
+    /// product (inputs rounded to bf16), beside raw SGEMM on the fp32 copy of the same weights, as GFLOP/s and
+    /// ratios to SGEMM; `chosen` is what linearBF16 takes here by default.
     func bf16Prefill() {
+        let dot = BF16PrefillKernel.available
         if !json {
             print("")
-            print("bf16 prefill (325 rows, LLaMA-7B shapes): linearBF16 beside raw sgemm on the fp32 weights")
-            print("shape                     linearBF16 GF/s   raw sgemm GF/s   ratio")
+            print(String(format: "bf16 prefill (325 rows, LLaMA-7B shapes): linearBF16 beside raw sgemm on the fp32 weights; chosen here: %@%@",
+                         BF16PrefillKernel.best.name,
+                         dot ? String(format: " (bf16 dot product measured %.2fx fp32 FMA)", BF16PrefillKernel.dotSpeedup) : ", no AVX-512 BF16"))
+            print("shape                     convert GF/s   bf16-dot GF/s   raw sgemm GF/s   convert/sgemm   bf16-dot/sgemm")
         }
         var rng = RNG(seed: 3)
         let m = 325
+        let saved = BF16PrefillKernel.current
+        defer { BF16PrefillKernel.current = saved }
         for (n, k) in [(4096, 4096), (11008, 4096), (4096, 11008)] {
             let wf = Tensor.randn([n, k], std: 0.05, rng: &rng)
             let wb = BF16Matrix(wf)
             let x = Tensor.randn([m, k], std: 1, rng: &rng)
             let c = Tensor.zeros([m, n])
-            let tb = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: wb) } }
+            BF16PrefillKernel.current = .convert
+            let tc = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: wb) } }
+            var td = Double.nan
+            if dot {
+                BF16PrefillKernel.current = .dotBF16
+                td = Self.time(minSeconds) { _ = Autograd.noGrad { linearBF16(x: x, w: wb) } }
+            }
             let tr = Self.time(minSeconds) {
                 BLAS.sgemm(transA: false, transB: true, M: m, N: n, K: k, A: x.ptr, lda: k, B: wf.ptr, ldb: k, beta: 0, C: c.ptr, ldc: n)
             }
             let flops = 2.0 * Double(m) * Double(n) * Double(k)
-            let gb = flops / tb / 1e9, gr = flops / tr / 1e9
+            let gc = flops / tc / 1e9, gd = flops / td / 1e9, gr = flops / tr / 1e9
             if json {
-                print("{\"pass\":\"bf16-prefill\",\"M\":\(m),\"N\":\(n),\"K\":\(k),\"pixellm_gflops\":\(gb),\"raw_gflops\":\(gr),\"ratio\":\(gb / gr)}")
+                let d = dot ? ",\"dot_gflops\":\(gd),\"dot_ratio\":\(gd / gr),\"dot_speedup\":\(BF16PrefillKernel.dotSpeedup)" : ""
+                print("{\"pass\":\"bf16-prefill\",\"M\":\(m),\"N\":\(n),\"K\":\(k),\"convert_gflops\":\(gc),\"raw_gflops\":\(gr),\"convert_ratio\":\(gc / gr)\(d),\"chosen\":\"\(BF16PrefillKernel.best.name)\"}")
             } else {
-                print(pad("\(m)x\(k)->\(n)", 25) + String(format: " %15.1f   %14.1f   %5.2fx", gb, gr, gb / gr))
+                let ds = dot ? String(format: "%13.1f", gd) : pad("-", 13)
+                let dr = dot ? String(format: "%14.2f", gd / gr) : pad("-", 14)
+                print(pad("\(m)x\(k)->\(n)", 25) + String(format: " %12.1f   ", gc) + ds + String(format: "   %14.1f   %13.2f   ", gr, gc / gr) + dr)
             }
         }
     }

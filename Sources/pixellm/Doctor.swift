@@ -144,6 +144,10 @@ enum SystemReport {
         out.append(String(format: "  memory read    %.1f GB/s (%d thread(s), 512 MiB, best of %d): decode of a bf16 7B (13.5 GB of LLaMA weights per token) is bound at %.2f s/token",
                           bw, max(info.threads, 1), min(reps, 3), 13.5 / bw))
         out.append("  bf16 kernel    \(BF16Kernel.current.name) for decode (fewer than 8 rows; PIXELLM_BF16_KERNEL overrides)")
+        let dot = BF16PrefillKernel.available
+            ? String(format: "the bf16 dot product measured %.2fx fp32 FMA's multiply-adds here", BF16PrefillKernel.dotSpeedup)
+            : "no AVX-512 BF16 here"
+        out.append("  bf16 prefill   \(BF16PrefillKernel.current.name) for 8 rows and more without gradients (\(dot); PIXELLM_BF16_PREFILL overrides)")
         out.append("  mpi            \(String(cString: pixel_mpi_library_version()))")
         out.append("  mpi world      \(comm.size > 1 || Communicators.launchedByMPI ? "rank \(comm.rank) of \(comm.size) (launched by mpirun)" : "single process (not launched by mpirun)")")
         out.append("  hdf5           \(String(cString: pixel_h5_version()))")

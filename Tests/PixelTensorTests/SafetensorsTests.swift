@@ -243,6 +243,55 @@ final class SafetensorsTests: CheckpointTestCase {
         }
     }
 
+    /// The AVX-512 BF16 dot-product path for 8 rows and more (inference): equal, up to fp32 summation order, to the
+    /// fp32 product of the bf16-rounded inputs and weights computed in Double, and within bf16 rounding of the
+    /// input of the tile-conversion path; odd K (the last pair half empty), K past one packed block (256 pairs),
+    /// output columns off the 32-wide panels, row counts off the 12-row micro-kernel, with and without bias; a
+    /// product whose gradient is recorded keeps the conversion path's fp32 input exactly.
+    func testDotBF16PrefillMatchesTheRoundedProduct() throws {
+        guard BF16PrefillKernel.available else {
+            throw XCTSkip("this CPU has no AVX-512 BF16 (the bf16 dot-product path cannot run here)")
+        }
+        let saved = BF16PrefillKernel.current
+        defer { BF16PrefillKernel.current = saved }
+        for (outF, inF) in [(70, 37), (45, 601), (32, 2), (33, 1)] {
+            let w = BF16Matrix(rand([outF, inF], seed: 2, grad: false))
+            let wf = w.toTensor(), bias = rand([outF], seed: 3, grad: false)
+            for rows in [8, 12, 13, 25] {
+                let x = rand([rows, inF], seed: UInt64(rows), grad: false)
+                let xr = BF16Tensor(x).toTensor()
+                BF16PrefillKernel.current = .convert
+                let conv = Autograd.noGrad { linearBF16(x: x, w: w, bias: bias) }
+                BF16PrefillKernel.current = .dotBF16
+                let dot = Autograd.noGrad { linearBF16(x: x, w: w, bias: bias) }
+                let dotNoBias = Autograd.noGrad { linearBF16(x: x, w: w) }
+                XCTAssertEqual(dot.shape, [rows, outF])
+                let xa = x.contiguousData().toArray(), xra = xr.contiguousData().toArray(), wa = wf.contiguousData().toArray()
+                let da = dot.contiguousData().toArray(), dna = dotNoBias.contiguousData().toArray()
+                let ca = conv.contiguousData().toArray(), ba = bias.contiguousData().toArray()
+                for r in 0..<rows {
+                    for o in 0..<outF {
+                        var exact = 0.0, magnitude = 0.0, magnitudeFP32 = 0.0
+                        for k in 0..<inF {
+                            exact += Double(xra[r * inF + k]) * Double(wa[o * inF + k])
+                            magnitude += abs(Double(xra[r * inF + k]) * Double(wa[o * inF + k]))
+                            magnitudeFP32 += abs(Double(xa[r * inF + k]) * Double(wa[o * inF + k]))
+                        }
+                        let tag = "\(rows)x\(inF)->\(outF) at [\(r), \(o)]"
+                        XCTAssertEqual(Double(dna[r * outF + o]), exact, accuracy: 1e-6 * magnitude + 1e-7, tag)
+                        XCTAssertEqual(Double(da[r * outF + o]), exact + Double(ba[o]), accuracy: 1e-6 * magnitude + 1e-6, "bias " + tag)
+                        // the input rounded to bf16 (8 significant bits, nearest) moves each term by at most 2^-8 of itself
+                        XCTAssertEqual(da[r * outF + o], ca[r * outF + o], accuracy: Float(magnitudeFP32 / 256 + 1e-5), "against convert " + tag)
+                    }
+                }
+                // with a gradient recorded the fp32 input is kept: the conversion path's numbers exactly
+                let xg = rand([rows, inF], seed: UInt64(rows), grad: true)
+                let recorded = linearBF16(x: xg, w: w, bias: bias)
+                XCTAssertEqual(recorded.contiguousData().toArray(), conv.contiguousData().toArray(), "recorded \(rows)x\(inF)->\(outF)")
+            }
+        }
+    }
+
     /// A frozen bf16 weight inside a trained model: the input's and the bias's gradients equal those of the fp32
     /// layer on the bf16-rounded weight, at every tile size; a weight read from a mapped bf16 file is used in place.
     func testLinearBF16BackwardMatchesTheConvertedMatrix() throws {

@@ -105,6 +105,21 @@ void pixel_bf16_gemv(int isa, const uint16_t *w, const float *x, float *y, long 
 /// bf16 -> fp32 (exact: the bits shifted into the high half), `count` values from `src` (2-byte aligned) to `dst`,
 /// 16 at a time with AVX2 when the CPU has it.
 void pixel_bf16_to_f32(const uint16_t *src, float *dst, long count);
+/// bf16 x bf16 products with fp32 sums for many rows (bf16gemm.c, AVX-512 BF16 only): 1 when the CPU has them.
+int pixel_bf16_gemm_isa(void);
+/// Rounds `rows` rows of `cols` floats (row stride `ldx`) to bf16, nearest even, into `dst` (row stride `ldd`),
+/// zero-filling each row from `cols` to `ldd`.
+void pixel_f32_rows_to_bf16(const float *x, long rows, long cols, long ldx, uint16_t *dst, long ldd);
+/// Y[m, n] (+ Y[m, n] when `accumulate`) = sum_k xb[m, k] w[n, k] for m < M and n in the column panels
+/// [panel0, panel1) of width pixel_bf16_gemm_panel_width() (the last one cut at N). `xb`: bf16 [M, K], row stride
+/// `ldx` (even, >= K rounded up to even, zero past K); `w`: bf16 [N, K], row stride `ldw`. Returns 0, or -1 (nothing written) when the
+/// CPU lacks AVX-512 BF16 or `ldx` is wrong. Uses 32 KB of the calling thread's stack.
+int pixel_bf16_gemm(const uint16_t *xb, long M, long ldx, long K, const uint16_t *w, long ldw, long N,
+                    long panel0, long panel1, float *y, long ldy, int accumulate);
+long pixel_bf16_gemm_panel_width(void);
+/// The bf16 dot product's multiply-adds per second over fp32 FMAs' on this core, measured (about 2 ms); 0 without
+/// AVX-512 BF16.
+double pixel_bf16_dot_speedup(void);
 
 /// Memory-mapped checkpoint files (mapguard.c): a SIGBUS inside a registered mapping (the file was truncated under
 /// the process) prints the file and offset and exits with status 74 instead of dying by the signal. register returns
