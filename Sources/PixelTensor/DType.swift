@@ -317,7 +317,7 @@ func dotBF16Product(x: UnsafePointer<Float>, rows: Int, inF: Int, w: UnsafePoint
 
 /// `y = x wᵀ + bias` with a bf16 weight `[out, in]`, which is frozen: it never gets a gradient. Converts
 /// `tileRows` weight rows at a time into an fp32 scratch (default: ~1 MB for fewer than 8 input rows,
-/// ~8 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
+/// ~32 MB otherwise) and multiplies each tile with one SGEMM into the matching output columns, so the
 /// fp32 weight never exists whole. With autograd on, the input's gradient dX = dY w (and the bias's, the
 /// column sums of dY) are recorded, computed the same way tile by tile: a frozen bf16 layer inside a model
 /// being trained (LoRA on a bf16 base) passes gradients through without an fp32 copy of w.
@@ -342,9 +342,10 @@ public func linearBF16(x: Tensor, w: BF16Matrix, bias: Tensor? = nil, tileRows: 
     }
     if rows == 0 || outF == 0 || inF == 0 { return out }
     // measured on 4096x4096: ~1 MB tiles are best for decode (M=1: 4 ms vs 20 ms for fp32 `linear`);
-    // for M >= 8 SGEMM wants wider tiles (~8 MB, converted on every core: `pixellm bench gemm --only bf16-prefill`
-    // puts 325 rows within 0.8-0.95x of raw SGEMM on the fp32 weights)
-    let floats = rows < 8 ? 1 << 18 : 1 << 21
+    // for M >= 8 SGEMM wants wide tiles, converted on every core: 32 MB (2,048 rows of 4,096; 762 of 11,008) made the
+    // 7B chat's prefill (325 rows) 25.0-25.6 s against 27.9-29.0 s with 8 MB tiles, alternating runs on a 2-core
+    // AVX-512 Xeon (2026-12-07); the narrow 8 MB tiles of the 11008-wide down projection cost most there)
+    let floats = rows < 8 ? 1 << 18 : 1 << 23
     let tile = max(1, min(outF, tileRows ?? max(4, floats / inF)))
     // (explicit tileRows ask for the tile conversion)
     if tileRows == nil, rows < 8, case .gemv(let isa) = BF16Kernel.current, Int(bitPattern: w.base) % 2 == 0 {
