@@ -96,10 +96,14 @@ public enum PixelLMModelDirectory {
     /// CLIP's encoder matrices that `.bf16` keeps in place: those `source` stores in bf16, by the source's names
     /// (`prefix` + the vision tower's own names).
     static func storedBF16CLIP(_ model: PixelLMForCausalLM, _ source: any WeightSource, prefix: String) throws -> [String: Linear] {
+        try storedInBF16(clipLinears(model).map { (prefix + String($0.0.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1)), $0.1) }, source)
+    }
+
+    /// Those of `linears` (by the source's names) that `source` stores in bf16.
+    static func storedInBF16(_ linears: [(String, Linear)], _ source: any WeightSource) throws -> [String: Linear] {
         var out: [String: Linear] = [:]
-        for (n, lin) in clipLinears(model) {
-            let name = prefix + String(n.dropFirst(PixelLMForCausalLM.visionPrefix.count + 1))
-            if source.names.contains(name), try source.info(name).dtype == .bf16 { out[name] = lin }
+        for (n, lin) in linears where source.names.contains(n) {
+            if try source.info(n).dtype == .bf16 { out[n] = lin }
         }
         return out
     }
@@ -210,11 +214,7 @@ public enum PixelLMModelDirectory {
     /// The LLaMA and CLIP matrices `keep` accepts whose files store them in bf16 (see `open`).
     static func storedBF16(_ model: PixelLMForCausalLM, _ source: any WeightSource, _ keep: ((String) -> Bool)?) throws -> [String: Linear] {
         guard let keep else { return [:] }
-        var out: [String: Linear] = [:]
-        for (n, lin) in bf16Linears(model) + clipLinears(model) where keep(n) && source.names.contains(n) {
-            if try source.info(n).dtype == .bf16 { out[n] = lin }
-        }
-        return out
+        return try storedInBF16((bf16Linears(model) + clipLinears(model)).filter { keep($0.0) }, source)
     }
 
     /// The LLaMA matrices `keep` accepts that the files store in another dtype than bf16, counted by dtype name.

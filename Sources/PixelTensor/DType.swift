@@ -300,7 +300,7 @@ public enum BF16PrefillKernel: Equatable, Sendable {
 /// the CPU lacks it.
 func dotBF16Product(x: UnsafePointer<Float>, rows: Int, inF: Int, w: UnsafePointer<UInt16>, outF: Int,
                     out: UnsafeMutablePointer<Float>, accumulate: Bool) -> Bool {
-    guard pixel_bf16_gemm_isa() != 0 else { return false }
+    guard BF16PrefillKernel.available else { return false }
     let ldx = inF + (inF & 1)
     let xb = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * ldx)
     defer { xb.deallocate() }
