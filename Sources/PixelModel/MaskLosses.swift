@@ -23,6 +23,10 @@ public struct LossOptions: Sendable, Equatable {
     /// appearance measured on the model input (mean colour, size, fill of its box; `QueryAppearance`).
     /// Summed over targets of the mean squared error over levels and channels (`LossTerms.appearance`).
     public var queryAppearance = false
+    /// pixellm's auxiliary image-token appearance loss (not in the reference; false = off): half the channels of
+    /// each LLM image token whose cell holds an object some ground truth of the micro-batch shows state what the
+    /// objects there look like (`ImageTokenAppearance`). Summed over images and cells (`LossTerms.tokenAppearance`).
+    public var imageTokenAppearance = false
     /// Compute the LM head only at the positions whose next token is supervised (training): the same cross-entropy
     /// and gradients without the logits of the image and prompt positions ([M, V] instead of [Cn, T', V]: at the 7B
     /// recipe about 1 GB and a tenth of the step less). Off by default: `pixellm forward` and the parity tests compare
@@ -55,6 +59,9 @@ public struct LossTerms {
     /// The query appearance sum (zero when off) and the targets in it.
     public var appearance: Tensor = Tensor(scalar: 0)
     public var appearanceTargets = 0
+    /// The image-token appearance sum (zero when off) and the cells in it.
+    public var tokenAppearance: Tensor = Tensor(scalar: 0)
+    public var tokenAppearanceCells = 0
 }
 
 /// pixellm's auxiliary SEG-query separation (LossOptions.separationMargin).
@@ -201,6 +208,133 @@ public enum QueryAppearance {
         for row in targets(descriptors, channels: C) { for _ in 0..<L { t += row } }
         let diff = queries.slice(axis: 2, 0, half) - Tensor(t, shape: [K, L, half])
         return diff.square().sum() * (1 / Float(L * half))
+    }
+}
+
+/// pixellm's auxiliary image-token appearance loss (LossOptions.imageTokenAppearance): the dense counterpart of
+/// `QueryAppearance`, on the LLM's image tokens (the mm_projector output spliced into the prompt). A model trained
+/// from scratch answers "Where are all the orange objects?" with objects the scene does not hold: its language
+/// model never learns to read what is where out of the image tokens, which nothing asks to say it. Here every
+/// object the micro-batch's ground truths show (each connected part of a target mask, counted once per image)
+/// is described from the pixels under it (mean colour, size, fill of its box and a 3 x 3 map of that fill: a shape
+/// cue), and half the channels of every image token whose cell holds such an object must state the sum of a fixed
+/// projection of those descriptions. Nothing about a dataset's vocabulary is assumed.
+public enum ImageTokenAppearance {
+    /// Channels of a description: `QueryAppearance`'s five (mean normalised R, G, B; 4 sqrt(area fraction);
+    /// 2 x fill of the box - 1), then 2 x fill - 1 of each cell of a 3 x 3 split of the box, row by row.
+    public static let size = QueryAppearance.size + 9
+    /// Target scale: the tokens' channels regress `scale` times a unit-variance target (the image tokens live at
+    /// the scale of the LLM's embeddings, not at 1).
+    public static let scale: Float = 0.1
+    /// A part of an object counts in a grid cell when it covers at least this fraction of the cell.
+    public static let minCellFraction = 0.02
+
+    /// One object: its description and the cells (row-major on the token grid) it occupies.
+    public struct Part: Equatable {
+        public var descriptor: [Float]
+        public var cells: [Int]
+        /// The sampled positions it covers (index into the sampling grid), to count an object once per image.
+        public var key: [Int]
+    }
+
+    /// The connected parts (4-neighbours on the model input sampled every `stride` pixels; parts of fewer than
+    /// `minSamples` samples dropped) of one target. `mask`: [H, W] at the original size (> 0.5 = target);
+    /// `pixels`: the model input [3, S, S] in which the image occupies the top-left `valid`; `grid`: the token grid.
+    public static func parts(mask: [Float], height H: Int, width W: Int, pixels: UnsafePointer<Float>, input S: Int,
+                             valid: (height: Int, width: Int), grid g: Int, stride: Int = 2, minSamples: Int = 4) -> [Part] {
+        let h = (valid.height + stride - 1) / stride, w = (valid.width + stride - 1) / stride
+        guard h > 0, w > 0, H > 0, W > 0, mask.count == H * W, g > 0 else { return [] }
+        var inside = [Bool](repeating: false, count: h * w)
+        for i in 0..<h {
+            let y = min(H - 1, Int((Double(i * stride) + 0.5) * Double(H) / Double(valid.height)))
+            for j in 0..<w {
+                let x = min(W - 1, Int((Double(j * stride) + 0.5) * Double(W) / Double(valid.width)))
+                inside[i * w + j] = mask[y * W + x] > 0.5
+            }
+        }
+        let total = Double(h * w), plane = S * S
+        let perCell = Double(S) / Double(g) / Double(stride)
+        var seen = [Bool](repeating: false, count: h * w)
+        var result: [Part] = []
+        for start in 0..<(h * w) where inside[start] && !seen[start] {
+            var stack = [start], members: [Int] = []
+            seen[start] = true
+            while let p = stack.popLast() {
+                members.append(p)
+                let i = p / w, j = p % w
+                for (di, dj) in [(-1, 0), (1, 0), (0, -1), (0, 1)] {
+                    let a = i + di, b = j + dj
+                    guard a >= 0, a < h, b >= 0, b < w else { continue }
+                    let q = a * w + b
+                    if inside[q] && !seen[q] { seen[q] = true; stack.append(q) }
+                }
+            }
+            guard members.count >= minSamples else { continue }
+            members.sort()
+            var sum = [Double](repeating: 0, count: 3)
+            var minI = Int.max, maxI = -1, minJ = Int.max, maxJ = -1
+            var cellCount = [Int: Int]()
+            for p in members {
+                let i = p / w, j = p % w, sy = i * stride, sx = j * stride
+                for c in 0..<3 { sum[c] += Double(pixels[c * plane + sy * S + sx]) }
+                minI = min(minI, i); maxI = max(maxI, i); minJ = min(minJ, j); maxJ = max(maxJ, j)
+                let cell = min(g - 1, sy * g / S) * g + min(g - 1, sx * g / S)
+                cellCount[cell, default: 0] += 1
+            }
+            let n = Double(members.count), bh = maxI - minI + 1, bw = maxJ - minJ + 1
+            var d: [Float] = [Float(sum[0] / n), Float(sum[1] / n), Float(sum[2] / n), Float(4 * (n / total).squareRoot()),
+                              Float(2 * n / Double(bh * bw) - 1)]
+            // the 3 x 3 fill map: each sample of the box in the third (of rows, of columns) its offset falls in
+            var hit = [Double](repeating: 0, count: 9), all = [Double](repeating: 0, count: 9)
+            let memberSet = Set(members)
+            for i in minI...maxI {
+                let r = min(2, (i - minI) * 3 / bh)
+                for j in minJ...maxJ {
+                    let k = r * 3 + min(2, (j - minJ) * 3 / bw)
+                    all[k] += 1
+                    if memberSet.contains(i * w + j) { hit[k] += 1 }
+                }
+            }
+            for k in 0..<9 { d.append(all[k] > 0 ? Float(2 * hit[k] / all[k] - 1) : -1) }
+            let cells = cellCount.filter { Double($0.value) >= minCellFraction * perCell * perCell }.keys.sorted()
+            result.append(Part(descriptor: d, cells: cells, key: members))
+        }
+        return result
+    }
+
+    /// The fixed projection [C/2, size] (N(0, 1/size) from its own seed), as `QueryAppearance.projection`.
+    public static func projection(channels C: Int) -> [Float] {
+        var rng = RNG(seed: 0x494D_4147_4541_5050)
+        let s = Float(1 / Double(size).squareRoot())
+        return (0..<((C / 2) * size)).map { _ in rng.normal() * s }
+    }
+
+    /// The supervised cells (sorted) and their targets (C/2 values each): per cell, the sum over the parts in it
+    /// of P f. Parts with the same `key` count once.
+    public static func targets(_ parts: [Part], channels C: Int) -> (cells: [Int], targets: [[Float]]) {
+        let P = projection(channels: C), D = size, half = C / 2
+        var seen = Set<[Int]>(), sums: [Int: [Float]] = [:]
+        for part in parts where !part.cells.isEmpty && seen.insert(part.key).inserted {
+            precondition(part.descriptor.count == D, "ImageTokenAppearance: a description of \(part.descriptor.count) values, not \(D)")
+            let t = (0..<half).map { c in (0..<D).reduce(Float(0)) { $0 + P[c * D + $1] * part.descriptor[$1] } }
+            for cell in part.cells {
+                sums[cell] = zip(sums[cell] ?? [Float](repeating: 0, count: half), t).map { $0 + $1 }
+            }
+        }
+        let cells = sums.keys.sorted()
+        return (cells, cells.map { sums[$0]! })
+    }
+
+    /// sum over the supervised cells of the mean over channels c < C/2 of (x[cell, c] / scale - target[c])^2;
+    /// `tokens` [G, C] (one image's LLM image tokens).
+    public static func loss(tokens: Tensor, cells: [Int], targets: [[Float]]) -> Tensor {
+        let C = tokens.dim(1), half = C / 2
+        precondition(cells.count == targets.count && targets.allSatisfy { $0.count == half } && half >= 1,
+                     "ImageTokenAppearance.loss: \(cells.count) cells, \(targets.count) targets of \(C / 2) channels")
+        guard !cells.isEmpty else { return Tensor(scalar: 0) }
+        let x = tokens.indexSelect(axis: 0, cells).slice(axis: 1, 0, half) * (1 / scale)
+        let diff = x - Tensor(targets.flatMap { $0 }, shape: [cells.count, half])
+        return diff.square().sum() * (1 / Float(half))
     }
 }
 

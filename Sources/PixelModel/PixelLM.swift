@@ -349,7 +349,30 @@ public final class PixelLMForCausalLM: Module {
         var embeddings: [Tensor?] = Array(repeating: nil, count: B)
         var separation: Tensor? = nil, separationPairs = 0, grounding: Tensor? = nil, groundingTerms = 0
         var appearance: Tensor? = nil, appearanceTargets = 0
-        let pixelValues = options.queryAppearance ? batch.pixels.contiguousData() : nil
+        let pixelValues = options.queryAppearance || options.imageTokenAppearance ? batch.pixels.contiguousData() : nil
+        var tokenAppearance: Tensor? = nil, tokenAppearanceCells = 0
+        if options.imageTokenAppearance, let pixelValues {
+            // every object the image's ground truths show, described, on the LLM's image-token grid
+            let g = Int(Double(n).squareRoot().rounded()), S = config.resizeVisionTowerSize
+            for b in 0..<B {
+                let (H, W) = batch.originalSizes[b]
+                var parts: [ImageTokenAppearance.Part] = []
+                for conv in batch.conversations where conv.imageIndex == b {
+                    guard let t = conv.targetMasks, t.dim(0) > 0 else { continue }
+                    let per = t.count / t.dim(0), data = t.contiguousData().toArray()
+                    for i in 0..<t.dim(0) {
+                        parts += ImageTokenAppearance.parts(mask: Array(data[(i * per)..<((i + 1) * per)]), height: H, width: W,
+                                                            pixels: pixelValues.ptr + b * 3 * S * S, input: S,
+                                                            valid: batch.validSizes[b], grid: g)
+                    }
+                }
+                let (cells, targets) = ImageTokenAppearance.targets(parts, channels: imageTokens.dim(2))
+                guard !cells.isEmpty else { continue }
+                let l = ImageTokenAppearance.loss(tokens: imageTokens.slice(axis: 0, b, b + 1).squeeze(0), cells: cells, targets: targets)
+                tokenAppearance = tokenAppearance.map { $0 + l } ?? l
+                tokenAppearanceCells += cells.count
+            }
+        }
         for b in 0..<B {
             let members = convOut.indices.filter { batch.conversations[$0].imageIndex == b && convOut[$0].queries != nil }
             if members.isEmpty { continue }
@@ -451,6 +474,10 @@ public final class PixelLMForCausalLM: Module {
         if let appearance {
             losses.appearance = appearance
             losses.appearanceTargets = appearanceTargets
+        }
+        if let tokenAppearance {
+            losses.tokenAppearance = tokenAppearance
+            losses.tokenAppearanceCells = tokenAppearanceCells
         }
         return PixelLMOutput(logits: logits, hidden: hidden, attentionMask: attentionMask, labels: expandedLabels,
                              vision: vision, imageTokens: imageTokens, imageEmbeddings: embeddings,

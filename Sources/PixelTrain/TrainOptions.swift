@@ -84,6 +84,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     /// between a few channels of each target's query and the target's appearance (QueryAppearance), normalised like
     /// the mask losses.
     public var queryAppearanceWeight: Float?
+    /// pixellm's auxiliary image-token appearance loss (not in the reference; nil / 0: off): weight of the squared
+    /// error between half the channels of the LLM's image tokens and the appearance of the objects in their cells
+    /// (ImageTokenAppearance), normalised like the mask losses.
+    public var imageAppearanceWeight: Float?
     /// The paper's target refinement loss (nil / 1: off, as in the released code, which has it commented out): the BCE
     /// of pixels that two or more of one question's predicted masks claim weighs `alpha` instead of 1 (commit b25fff8
     /// of the release amounted to alpha 2). Weighted with the BCE.
@@ -110,6 +114,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         case evalMaxImages = "eval_max_images", querySeparationWeight = "query_separation_weight"
         case querySeparationMargin = "query_separation_margin", queryGroundingWeight = "query_grounding_weight"
         case queryGroundingTemperature = "query_grounding_temperature", queryAppearanceWeight = "query_appearance_weight"
+        case imageAppearanceWeight = "image_appearance_weight"
         case refinementAlpha = "refinement_alpha", gradientCheckpointing = "gradient_checkpointing"
     }
 
@@ -203,6 +208,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if let m = querySeparationMargin, !(m >= -1 && m < 1) { try fail("query-separation-margin", "\(m) must be in [-1, 1)") }
         if let w = queryGroundingWeight, w < 0 || !w.isFinite { try fail("query-grounding-weight", "\(w) must be >= 0") }
         if let w = queryAppearanceWeight, w < 0 || !w.isFinite { try fail("query-appearance-weight", "\(w) must be >= 0") }
+        if let w = imageAppearanceWeight, w < 0 || !w.isFinite { try fail("image-appearance-weight", "\(w) must be >= 0") }
         if let a = refinementAlpha, !(a >= 1) || !a.isFinite { try fail("refinement-alpha", "\(a) must be >= 1 (1: off)") }
         if let t = queryGroundingTemperature, !(t > 0) || !t.isFinite { try fail("query-grounding-temperature", "\(t) must be > 0") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }

@@ -374,6 +374,8 @@ public final class Trainer {
         public var grounding = 0.0
         /// The query appearance sum per mask (0 when off).
         public var appearance = 0.0
+        /// The image-token appearance sum per mask (0 when off).
+        public var imageAppearance = 0.0
         /// The target refinement term per mask (0 when off), before the BCE weight.
         public var refine = 0.0
         public var gradNorm: Double, clippedNorm: Double, skipped: Bool
@@ -444,6 +446,7 @@ public final class Trainer {
         addTrace("data", t0, dataSeconds)
 
         var fwd = 0.0, bwd = 0.0, ce = 0.0, bce = 0.0, dice = 0.0, separation = 0.0, grounding = 0.0, appearance = 0.0, refine = 0.0
+        var imageAppearance = 0.0
         optimizer.exposedCommSeconds = 0
         optimizer.updateSeconds = 0
         for (k, batch) in micro.enumerated() {
@@ -468,6 +471,8 @@ public final class Trainer {
             if groundWeight > 0 { lossOptions.groundingTemperature = options.queryGroundingTemperature ?? 0.1 }
             let appearanceWeight = options.queryAppearanceWeight ?? 0
             lossOptions.queryAppearance = appearanceWeight > 0
+            let imageAppearanceWeight = options.imageAppearanceWeight ?? 0
+            lossOptions.imageTokenAppearance = imageAppearanceWeight > 0
             if let a = options.refinementAlpha, a != 1 { lossOptions.refinementAlpha = a }
             let out = try batch.conversations.isEmpty ? nil : source.model.forward(batch, options: lossOptions)
             fwd += Date().timeIntervalSince(tf)
@@ -490,6 +495,10 @@ public final class Trainer {
                 if appearanceWeight > 0, out.losses.appearanceTargets > 0, masks > 0 {
                     loss = loss + out.losses.appearance * Float(Double(appearanceWeight) / masks)
                     appearance += Double(out.losses.appearance.item)
+                }
+                if imageAppearanceWeight > 0, out.losses.tokenAppearanceCells > 0, masks > 0 {
+                    loss = loss + out.losses.tokenAppearance * Float(Double(imageAppearanceWeight) / masks)
+                    imageAppearance += Double(out.losses.tokenAppearance.item)
                 }
                 ce += Double(out.losses.ce.item) * nt
                 bce += Double(out.losses.bce.item) * nm
@@ -517,7 +526,7 @@ public final class Trainer {
         if report.skipped { skippedUpdates += 1; skippedInARow += 1 } else { skippedInARow = 0 }
         step += 1
         consumedSamples += globalBatch
-        var sums = [ce, bce, dice, separation, grounding, appearance, refine]
+        var sums = [ce, bce, dice, separation, grounding, appearance, refine, imageAppearance]
         comm.allreduce(&sums, op: .sum)
         let ceMean = tokens > 0 ? sums[0] / tokens : 0, bceMean = masks > 0 ? sums[1] / masks : 0, diceMean = masks > 0 ? sums[2] / masks : 0
         let refineMean = masks > 0 ? sums[6] / masks : 0
@@ -525,6 +534,7 @@ public final class Trainer {
             + Double(options.querySeparationWeight ?? 0) * (masks > 0 ? sums[3] / masks : 0)
             + Double(options.queryGroundingWeight ?? 0) * (masks > 0 ? sums[4] / masks : 0)
             + Double(options.queryAppearanceWeight ?? 0) * (masks > 0 ? sums[5] / masks : 0)
+            + Double(options.imageAppearanceWeight ?? 0) * (masks > 0 ? sums[7] / masks : 0)
         var metrics = StepMetrics(step: step, lr: lr, loss: loss, ce: ceMean, bce: bceMean, dice: diceMean,
                            gradNorm: report.gradNorm, clippedNorm: report.clippedNorm, skipped: report.skipped,
                            samples: globalBatch, tokens: Int(tokens), masks: Int(masks), dataSeconds: dataSeconds,
@@ -533,6 +543,7 @@ public final class Trainer {
         metrics.separation = masks > 0 ? sums[3] / masks : 0
         metrics.grounding = masks > 0 ? sums[4] / masks : 0
         metrics.appearance = masks > 0 ? sums[5] / masks : 0
+        metrics.imageAppearance = masks > 0 ? sums[7] / masks : 0
         metrics.refine = refineMean
         return metrics
     }
@@ -680,7 +691,7 @@ public final class Trainer {
             "samples": m.samples, "tokens": m.tokens, "masks": m.masks, "samples_per_s": Double(m.samples) / max(m.seconds, 1e-9),
             "data_s": m.dataSeconds, "forward_s": m.forwardSeconds, "backward_s": m.backwardSeconds,
             "comm_exposed_s": m.commSeconds, "optimizer_s": m.optimizerSeconds, "step_s": m.seconds, "consumed_samples": consumedSamples,
-            "separation": m.separation, "grounding": m.grounding, "appearance": m.appearance, "refine": m.refine,
+            "separation": m.separation, "grounding": m.grounding, "appearance": m.appearance, "image_appearance": m.imageAppearance, "refine": m.refine,
         ]
         history.append(line.compactMapValues { ($0 as? Double) ?? ($0 as? Int).map(Double.init) })
         try appendLine(line, to: path)

@@ -67,6 +67,7 @@ struct Train: ParsableCommand {
     @Option(name: both("query-grounding-weight"), help: "pixellm's auxiliary loss (not in the reference; default off): each target's SEG query must pick out its own region among the image's targets.") var queryGroundingWeight: Float?
     @Option(name: both("query-grounding-temperature"), help: "Softmax temperature of the grounding loss (default 0.1).") var queryGroundingTemperature: Float?
     @Option(name: both("query-appearance-weight"), help: "pixellm's auxiliary loss (not in the reference; default off): a few channels of each target's SEG query state what the target looks like (mean colour, size, box fill).") var queryAppearanceWeight: Float?
+    @Option(name: both("image-appearance-weight"), help: "pixellm's auxiliary loss (not in the reference; default off): half the channels of each LLM image token state what the objects in its cell look like (mean colour, size, a 3 x 3 map of box fill), for the objects the ground truths show.") var imageAppearanceWeight: Float?
     @Option(name: both("refinement-alpha"), help: "The paper's target refinement loss (default off, as in the released code): pixels claimed by two or more of a question's predicted masks weigh alpha in the BCE (the release's b25fff8: 2).") var refinementAlpha: Float?
     @Flag(name: both("gradient-checkpointing"), help: "Recompute the LLaMA and CLIP layers in backward instead of storing their activations (the reference's option; on in the 7B / 13B recipes).")
     var gradientCheckpointing = false
@@ -102,7 +103,8 @@ struct Train: ParsableCommand {
         setOpt(evalMaxNewTokens, \.evalMaxNewTokens); setOpt(evalMaxImages, \.evalMaxImages)
         setOpt(querySeparationWeight, \.querySeparationWeight); setOpt(querySeparationMargin, \.querySeparationMargin)
         setOpt(queryGroundingWeight, \.queryGroundingWeight); setOpt(queryGroundingTemperature, \.queryGroundingTemperature)
-        setOpt(queryAppearanceWeight, \.queryAppearanceWeight); setOpt(refinementAlpha, \.refinementAlpha)
+        setOpt(queryAppearanceWeight, \.queryAppearanceWeight); setOpt(imageAppearanceWeight, \.imageAppearanceWeight)
+        setOpt(refinementAlpha, \.refinementAlpha)
         if gradientCheckpointing { o.gradientCheckpointing = true }
         set(loraAlpha, \.loraAlpha); set(loraDropout, \.loraDropout); set(loraTargetModules, \.loraTargetModules)
         if let r = loraR { o.loraR = r } else if recipe == nil { o.loraR = o.version != nil ? 8 : 0 }

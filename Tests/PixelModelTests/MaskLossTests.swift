@@ -212,6 +212,112 @@ final class QueryAppearanceTests: XCTestCase {
     }
 }
 
+final class ImageTokenAppearanceTests: XCTestCase {
+    /// A 16 x 16 input holding a 16 x 16 image, a 2 x 2 token grid (8 x 8 pixel cells), sampled every pixel.
+    let S = 16
+
+    func pixels() -> [Float] {
+        var p = [Float](repeating: 0, count: 3 * 16 * 16)
+        for c in 0..<3 { for i in 0..<(16 * 16) { p[c * 256 + i] = Float(c + 1) * Float(i % 5) } }
+        return p
+    }
+
+    func testPartsByHand() {
+        let px = pixels()
+        // one target of two separate parts: a 4 x 4 square at y 1...4, x 1...4 (cell 0) and a triangle-like
+        // staircase at y 9...12 (row r holds x 8 ..< 9 + r: 1 + 2 + 3 + 4 = 10 pixels), in cell 3; one stray pixel
+        // (y 0, x 15) too small to count
+        var mask = [Float](repeating: 0, count: S * S)
+        var square: [(Int, Int)] = [], stairs: [(Int, Int)] = []
+        for y in 1...4 { for x in 1...4 { mask[y * S + x] = 1; square.append((y, x)) } }
+        for r in 0..<4 { for x in 8..<(9 + r) { mask[(9 + r) * S + x] = 1; stairs.append((9 + r, x)) } }
+        mask[0 * S + 15] = 1
+        let parts = px.withUnsafeBufferPointer {
+            ImageTokenAppearance.parts(mask: mask, height: S, width: S, pixels: $0.baseAddress!, input: S, valid: (S, S),
+                                       grid: 2, stride: 1, minSamples: 4)
+        }
+        XCTAssertEqual(parts.count, 2, "the stray pixel is dropped")
+        let a = parts[0], b = parts[1]
+        XCTAssertEqual(a.descriptor.count, ImageTokenAppearance.size)
+        for c in 0..<3 {
+            XCTAssertEqual(a.descriptor[c], square.map { Float(c + 1) * Float(($0.0 * S + $0.1) % 5) }.reduce(0, +) / 16, accuracy: 1e-5)
+            XCTAssertEqual(b.descriptor[c], stairs.map { Float(c + 1) * Float(($0.0 * S + $0.1) % 5) }.reduce(0, +) / 10, accuracy: 1e-5)
+        }
+        XCTAssertEqual(a.descriptor[3], 4 * (16.0 / 256).squareRoot(), accuracy: 1e-6)
+        XCTAssertEqual(b.descriptor[3], 4 * (10.0 / 256).squareRoot(), accuracy: 1e-6)
+        XCTAssertEqual(a.descriptor[4], 1, accuracy: 1e-6)
+        XCTAssertEqual(b.descriptor[4], 2 * 10.0 / 16 - 1, accuracy: 1e-6)
+        // the square fills every ninth of its box; the staircase's 4 x 4 box split into rows {0, 1}, {2}, {3} and
+        // columns {0, 1}, {2}, {3} (offset * 3 / 4): top-left ninth 3 of 4, top-middle 0 of 2, right column of the
+        // top rows empty, bottom row full
+        XCTAssertEqual(Array(a.descriptor[5...]), [Float](repeating: 1, count: 9))
+        let fills: [Double] = [3.0 / 4, 0, 0, 1, 1, 0, 1, 1, 1]
+        for k in 0..<9 { XCTAssertEqual(Double(b.descriptor[5 + k]), 2 * fills[k] - 1, accuracy: 1e-6, "ninth \(k)") }
+        XCTAssertEqual(a.cells, [0])
+        XCTAssertEqual(b.cells, [3])
+
+        // a part across the middle lies in every cell it covers enough of (2 % of a 64-pixel cell: 2 pixels)
+        var wide = [Float](repeating: 0, count: S * S)
+        for y in 6...9 { for x in 7...8 { wide[y * S + x] = 1 } }
+        let w = px.withUnsafeBufferPointer {
+            ImageTokenAppearance.parts(mask: wide, height: S, width: S, pixels: $0.baseAddress!, input: S, valid: (S, S),
+                                       grid: 2, stride: 1, minSamples: 4)
+        }
+        XCTAssertEqual(w.map(\.cells), [[0, 1, 2, 3]])
+        // an empty mask and a mask of the wrong size give no parts, never a trap
+        XCTAssertTrue(px.withUnsafeBufferPointer {
+            ImageTokenAppearance.parts(mask: [Float](repeating: 0, count: S * S), height: S, width: S, pixels: $0.baseAddress!,
+                                       input: S, valid: (S, S), grid: 2)
+        }.isEmpty)
+        XCTAssertTrue(px.withUnsafeBufferPointer {
+            ImageTokenAppearance.parts(mask: [1, 1], height: S, width: S, pixels: $0.baseAddress!, input: S, valid: (S, S), grid: 2)
+        }.isEmpty)
+    }
+
+    func testTargetsSumThePartsOfACellOnce() {
+        let D = ImageTokenAppearance.size, C = 8
+        let P = ImageTokenAppearance.projection(channels: C)
+        XCTAssertEqual(P.count, 4 * D)
+        XCTAssertEqual(P, ImageTokenAppearance.projection(channels: C))
+        XCTAssertNotEqual(Array(P.prefix(5)), Array(QueryAppearance.projection(channels: C).prefix(5)), "its own seed")
+        func onehot(_ i: Int) -> [Float] { (0..<D).map { $0 == i ? 1 : 0 } }
+        let p = ImageTokenAppearance.Part(descriptor: onehot(0), cells: [0, 2], key: [1, 2, 3])
+        let q = ImageTokenAppearance.Part(descriptor: onehot(6), cells: [2], key: [7, 8])
+        // p shown twice (two questions about the same object) counts once; a part in no cell adds nothing
+        let none = ImageTokenAppearance.Part(descriptor: onehot(1), cells: [], key: [9])
+        let (cells, t) = ImageTokenAppearance.targets([p, q, p, none], channels: C)
+        XCTAssertEqual(cells, [0, 2])
+        XCTAssertEqual(t[0], (0..<4).map { P[$0 * D + 0] })
+        for c in 0..<4 { XCTAssertEqual(t[1][c], P[c * D + 0] + P[c * D + 6], accuracy: 1e-6) }
+    }
+
+    func testLossValueAndGradient() {
+        // G = 4 tokens of C = 6 channels; cells 1 and 3 supervised; only the first 3 channels count, the tokens read
+        // at 1 / scale
+        let x = Tensor((0..<24).map { Float($0) / 100 }, shape: [4, 6], requiresGrad: true)
+        let t: [[Float]] = [[0.5, -1, 0.25], [1, 0, -0.5]]
+        var expected = 0.0
+        for (k, cell) in [1, 3].enumerated() {
+            for c in 0..<3 {
+                let v = Double(cell * 6 + c) / 100 / Double(ImageTokenAppearance.scale) - Double(t[k][c])
+                expected += v * v
+            }
+        }
+        XCTAssertEqual(Double(ImageTokenAppearance.loss(tokens: x, cells: [1, 3], targets: t).item), expected / 3, accuracy: 1e-5)
+        XCTAssertEqual(ImageTokenAppearance.loss(tokens: x, cells: [], targets: []).item, 0)
+
+        var rng = RNG(seed: 11)
+        let xs = Tensor((0..<(5 * 8)).map { _ in rng.normal() * 0.1 }, shape: [5, 8], requiresGrad: true)
+        let ts = (0..<2).map { _ in (0..<4).map { _ in rng.normal() } }
+        let r = GradCheckLite.run([xs], tol: 5e-3) { ImageTokenAppearance.loss(tokens: $0[0], cells: [0, 4], targets: ts) }
+        XCTAssertTrue(r.isEmpty, r.joined(separator: "; "))
+        let g = xs.grad!.toArray()
+        XCTAssertEqual(Array(g[4..<8]), [Float](repeating: 0, count: 4), "channels C/2 ..< C are free")
+        XCTAssertEqual(Array(g[8..<32]), [Float](repeating: 0, count: 24), "unsupervised cells are free")
+        XCTAssertNotEqual(g[0], 0)
+    }
+}
+
 /// A small central-difference checker for scalar-valued functions (the refinement weights are piecewise
 /// constant in the logits, so elements within 1e-2 of a sign change are skipped).
 enum GradCheckLite {

@@ -42,6 +42,12 @@ final class RecipeTests: XCTestCase {
         XCTAssertThrowsError(try o.validate())
         o.queryAppearanceWeight = 2
         XCTAssertNoThrow(try o.validate())
+        o.imageAppearanceWeight = -0.5
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("image-appearance-weight"), "\($0)") }
+        o.imageAppearanceWeight = .infinity
+        XCTAssertThrowsError(try o.validate())
+        o.imageAppearanceWeight = 1
+        XCTAssertNoThrow(try o.validate())
         o.refinementAlpha = 0.5
         XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("refinement-alpha"), "\($0)") }
         o.refinementAlpha = .infinity

@@ -193,11 +193,11 @@ final class TrainRunTests: XCTestCase {
         XCTAssertTrue(masks.contains("\"masks\":"), "metrics log has mask counts")
     }
 
-    /// The auxiliary query losses (separation, grounding, appearance) and the target refinement term are normalised by
+    /// The auxiliary query losses (separation, grounding, appearance), the image-token appearance and the target refinement term are normalised by
     /// the global mask count like the mask losses: 2 ranks give the weights of 1; every term is logged and moves the weights.
     func testAuxiliaryQueryLossesAreRankIndependent() throws {
         let aux = ["--query-separation-weight", "0.5", "--query-grounding-weight", "0.5", "--query-appearance-weight", "0.25",
-                   "--refinement-alpha", "3"]
+                   "--image-appearance-weight", "0.75", "--refinement-alpha", "3"]
         try train(try common("aux-n1", steps: 8, bs: 2, ga: 2, extra: aux))
         try train(try common("aux-n2", steps: 8, bs: 2, ga: 1, extra: aux + ["--zero-stage", "2"]), ranks: 2)
         let (d, worst) = Self.relDiffWhere(Self.split(try Self.weights("aux-n2")).1, Self.split(try Self.weights("aux-n1")).1)
@@ -209,12 +209,13 @@ final class TrainRunTests: XCTestCase {
         XCTAssertTrue(lines.contains { ($0["separation"] as? Double ?? 0) > 0 }, "separation logged")
         XCTAssertTrue(lines.contains { ($0["grounding"] as? Double ?? 0) > 0 }, "grounding logged")
         XCTAssertTrue(lines.allSatisfy { ($0["appearance"] as? Double ?? 0) > 0 }, "appearance logged")
+        XCTAssertTrue(lines.allSatisfy { ($0["image_appearance"] as? Double ?? 0) > 0 }, "image-token appearance logged")
         XCTAssertTrue(lines.contains { ($0["refine"] as? Double ?? 0) > 0 }, "refinement logged (overlapping predictions)")
         // the terms are in the loss: the total exceeds the reference's three terms by weight x term (refine x the BCE's)
         for l in lines {
             let base = (l["ce"] as! Double) + 2 * ((l["bce"] as! Double) + (l["refine"] as! Double)) + 0.5 * (l["dice"] as! Double)
             XCTAssertEqual(l["loss"] as! Double, base + 0.5 * (l["separation"] as! Double) + 0.5 * (l["grounding"] as! Double)
-                           + 0.25 * (l["appearance"] as! Double), accuracy: 1e-9)
+                           + 0.25 * (l["appearance"] as! Double) + 0.75 * (l["image_appearance"] as! Double), accuracy: 1e-9)
         }
         try train(try common("aux-off", steps: 8, bs: 2, ga: 2))
         XCTAssertGreaterThan(Self.relDiff(try Self.weights("aux-off"), try Self.weights("aux-n1")), 1e-4, "the auxiliary losses change the update")
