@@ -10,7 +10,8 @@ import PixelTrain
 /// one mask PNG per target and an overlay; interactive without --prompt.
 struct Chat: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Answer questions about an image with masks (greedy, KV cache); writes mask_N.png and overlay.png.")
+        abstract: "Answer questions about an image with masks (greedy, KV cache); writes mask_N.png and overlay.png.",
+        discussion: "--model is a consolidated directory, or a run directory / training checkpoint (RUN, RUN/best, RUN/checkpoints/step-N; loaded without consolidating).")
 
     @OptionGroup var options: ModelOptions
     @Option(help: "Image file (JPEG or PNG).") var image: String
@@ -34,7 +35,7 @@ struct Chat: ParsableCommand {
         try OutputDirectory.prepare(outDir, option: "--out-dir")
         let rgb = try RGBImage.load(image)
         let t0 = Date()
-        let (tok, model, what) = try options.load()
+        let (tok, model, what, _) = try options.loadModelOrCheckpoint()
         let load = Date().timeIntervalSince(t0)
         print("loaded \(what.joined(separator: "\n")) in \(String(format: "%.2f", load)) s (peak RSS \(String(format: "%.2f", peakRSSGB())) GB)")
         let (img, gi) = prepareImage(rgb, size: model.config.resizeVisionTowerSize)

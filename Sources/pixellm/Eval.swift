@@ -36,14 +36,8 @@ struct Eval: ParsableCommand {
 
     /// The model and tokenizer: a training checkpoint / run directory, else what ModelOptions loads.
     func loadModel() throws -> (Tokenizer, PixelLMForCausalLM, String, String) {
-        if let path = modelOptions.model, (try? TrainCheckpoint.resolve(path)) != nil {
-            let (model, tokDir, step, dir) = try Consolidate.loadModel(checkpoint: path)
-            let name = modelOptions.tokenizer ?? tokDir
-            let tok = try Tokenizer(directory: name)
-            return (tok, model, "training checkpoint \(dir) (step \(step))", name)
-        }
-        let (tok, model, what) = try modelOptions.load()
-        return (tok, model, what.joined(separator: "; "), modelOptions.tokenizer ?? modelOptions.model ?? "tokenizer")
+        let (tok, model, what, name) = try modelOptions.loadModelOrCheckpoint()
+        return (tok, model, what.joined(separator: "; "), name)
     }
 
     func run() throws {
@@ -118,4 +112,18 @@ struct Eval: ParsableCommand {
 struct EvalReportFile: Codable {
     var model: String
     var datasets: [EvalReport]
+}
+
+extension ModelOptions {
+    /// `--model` as a training checkpoint or run directory (its latest; `RUN/best` too), loaded without consolidating,
+    /// else what `load()` loads. Also the tokenizer directory's name.
+    func loadModelOrCheckpoint() throws -> (Tokenizer, PixelLMForCausalLM, [String], String) {
+        if let path = model, (try? TrainCheckpoint.resolve(path)) != nil {
+            let (m, tokDir, step, dir) = try Consolidate.loadModel(checkpoint: path)
+            let name = tokenizer ?? tokDir
+            return (try Tokenizer(directory: name), m, ["training checkpoint \(dir) (step \(step))"], name)
+        }
+        let (tok, m, what) = try load()
+        return (tok, m, what, tokenizer ?? model ?? "tokenizer")
+    }
 }

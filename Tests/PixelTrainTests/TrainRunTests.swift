@@ -603,6 +603,18 @@ final class TrainRunTests: XCTestCase {
         for (a, c) in zip(one, try report(Self.root + "/ev3.json")) {
             XCTAssertEqual(a["overall"] as! NSDictionary, c["overall"] as! NSDictionary, "consolidated = run directory")
         }
+        // chat takes a run directory (and RUN/best) too, and answers as the consolidated model does
+        let photo = Self.repo + "/Tests/PixelDataTests/Fixtures/images/photo_640x480.jpg"
+        var answers: [String] = []
+        for (k, m) in [run, Self.root + "/ev-model", run + "/best"].enumerated() {
+            let c = try Self.pixellm(["chat", "--model", m, "--image", photo, "--prompt", "Where is the circle?", "--max-new-tokens", "5",
+                                      "--out-dir", Self.root + "/ev-chat\(k)"])
+            XCTAssertEqual(c.status, 0, c.err)
+            answers.append(c.out.split(separator: "\n").first { $0.hasPrefix("answer:") }.map(String.init) ?? "")
+        }
+        XCTAssertFalse(answers[0].isEmpty)
+        XCTAssertEqual(answers[0], answers[1], "chat on the run directory = chat on the consolidated model")
+        XCTAssertFalse(answers[2].isEmpty)
 
         // every split the synthetic set provides (the first image of each)
         let all = ["MultiReasonSeg|val", "MultiReasonSeg|test_less", "MultiReasonSeg|test_many", "refcoco|unc|val", "refcoco|unc|testA",
