@@ -161,6 +161,20 @@ public enum SynthQuestions {
         return out
     }
 
+    /// The VQA caption turn: "What objects are there in the image?" answered with every object's phrase, left to
+    /// right by the centre of its visible box (top to bottom on a tie). Not among `candidates` (the MUSE questions).
+    public static func caption(_ scene: SynthScene) -> SynthQuestion {
+        let order = scene.objects.indices.sorted {
+            let a = scene.objects[$0], b = scene.objects[$1]
+            return (a.centreX, a.centreY, $0) < (b.centreX, b.centreY, $1)
+        }
+        let n = order.count
+        let answer = n == 0 ? "There are no objects." : (n == 1 ? "There is 1 object: \(phrases(scene, order))."
+                                                         : "There are \(n) objects: \(phrases(scene, order)).")
+        return SynthQuestion(kind: .textOnly, question: "What objects are there in the image?", targets: [], textAnswer: answer,
+                             explanation: "Reading the image from left to right gives \(n) objects.")
+    }
+
     /// Picks up to `count` questions, trying to cover the kinds in turn; `targetRange` limits the
     /// number of targets of segmentation questions; text-only questions only when `allowText`.
     public static func pick(_ scene: SynthScene, count: Int, targetRange: ClosedRange<Int>, allowText: Bool,

@@ -122,10 +122,14 @@ public struct SynthConfig: Sendable {
     /// Objects per train / val scene: 1 to this many, uniformly (8: the standard scenes; fewer gives simpler
     /// scenes, e.g. for the first stage of a curriculum). test_less and test_many keep their own counts.
     public var maxObjects = 8
+    /// Every VQA conversation starts with a caption turn ("What objects are there in the image?" answered with every
+    /// object, left to right: `SynthQuestions.caption`) before two more questions; false: three questions, as before.
+    /// The MUSE, referring and ReasonSeg files and the tokenizer do not change.
+    public var vqaCaptions = false
     public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224,
-                vocabSize: Int = SynthTokenizer.defaultVocabSize, maxObjects: Int = 8) {
+                vocabSize: Int = SynthTokenizer.defaultVocabSize, maxObjects: Int = 8, vqaCaptions: Bool = false) {
         self.seed = seed; self.train = train; self.val = val; self.test = test; self.size = size; self.vocabSize = vocabSize
-        self.maxObjects = maxObjects
+        self.maxObjects = maxObjects; self.vqaCaptions = vqaCaptions
     }
 }
 
@@ -333,13 +337,19 @@ public struct SynthGenerator {
                     let textQs = SynthQuestions.candidates(scene).filter { $0.targets.isEmpty }
                     var rng = RNG(seed: config.seed ^ 0x5EED_0000 &+ UInt64(i))
                     var turns: [SynthJSON] = []
+                    if config.vqaCaptions {
+                        // the first turn names every object, left to right: every word of it depends on the image
+                        let caption = SynthQuestions.caption(scene)
+                        turns.append(.object([("from", .string("human")), ("value", .string("<image>\n\(caption.question)"))]))
+                        turns.append(.object([("from", .string("gpt")), ("value", .string(caption.textAnswer))]))
+                    }
                     var used = Set<Int>()
-                    for t in 0..<min(3, textQs.count) {
+                    for _ in 0..<min(config.vqaCaptions ? 2 : 3, textQs.count) {
                         var k = rng.int(textQs.count)
                         while used.contains(k) { k = (k + 1) % textQs.count }
                         used.insert(k)
                         let q = textQs[k]
-                        turns.append(.object([("from", .string("human")), ("value", .string(t == 0 ? "<image>\n\(q.question)" : q.question))]))
+                        turns.append(.object([("from", .string("human")), ("value", .string(turns.isEmpty ? "<image>\n\(q.question)" : q.question))]))
                         turns.append(.object([("from", .string("gpt")), ("value", .string(q.textAnswer))]))
                     }
                     vqa.append(.object([("id", .string(stem)), ("image", .string("\(stem).jpg")), ("conversations", .array(turns))]))

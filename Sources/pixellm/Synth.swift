@@ -17,6 +17,8 @@ struct Synth: ParsableCommand {
     @Option(help: "Ids of the tokenizer written to OUT/tokenizer (base BPE vocabulary + 9 PixelLM tokens; configs/synth-small: 1024); 0 for none.")
     var vocabSize: Int = SynthTokenizer.defaultVocabSize
     @Option(help: "Objects per train / val scene: 1 to this many (1-8; 8 the standard scenes).") var maxObjects: Int = 8
+    @Flag(help: "Start every VQA conversation with a caption turn that names every object, left to right (the other files do not change).")
+    var vqaCaptions = false
     @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
     var tokenizerCorpus: String?
 
@@ -30,7 +32,7 @@ struct Synth: ParsableCommand {
     func run() throws {
         try OutputDirectory.prepare(out, option: "--out")
         let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize,
-                                                          maxObjects: maxObjects), out: out)
+                                                          maxObjects: maxObjects, vqaCaptions: vqaCaptions), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")
         if let path = tokenizerCorpus {

@@ -155,6 +155,55 @@ final class SynthTests: XCTestCase {
         XCTAssertEqual(vqa.count, 6)
     }
 
+    /// The VQA caption names every object once, left to right, with the right count; `pixellm synth` writes it as the
+    /// first turn of every VQA conversation with `vqaCaptions` (the other files unchanged); it is not a MUSE question.
+    func testCaptionNamesEveryObjectLeftToRight() throws {
+        for i in 0..<20 {
+            let (scene, _) = SynthGenerator.sample(config: Self.config, split: "train", index: i)
+            let c = SynthQuestions.caption(scene)
+            XCTAssertEqual(c.question, "What objects are there in the image?")
+            XCTAssert(c.targets.isEmpty)
+            let n = scene.objects.count
+            XCTAssert(c.textAnswer.hasPrefix(n == 1 ? "There is 1 object: the " : "There are \(n) objects: the "), c.textAnswer)
+            // the phrases in the order of the visible boxes' centres
+            var rest = Substring(c.textAnswer), xs: [Double] = []
+            let objs = scene.objects
+            for k in objs.indices.sorted(by: { (objs[$0].centreX, objs[$0].centreY, $0) < (objs[$1].centreX, objs[$1].centreY, $1) }) {
+                let o = scene.objects[k]
+                guard let r = rest.range(of: "the \(o.phrase)") else { XCTFail("\(o.phrase) not in order in \(c.textAnswer)"); break }
+                rest = rest[r.upperBound...]
+                xs.append(o.centreX)
+            }
+            XCTAssertEqual(xs, xs.sorted())
+            XCTAssertEqual(c.textAnswer.components(separatedBy: "the ").count - 1, n, c.textAnswer)
+            XCTAssertFalse(SynthQuestions.candidates(scene).contains { $0.question == c.question })
+        }
+        let plain = try makeScratchDirectory(self), dir = try makeScratchDirectory(self)
+        var config = Self.config
+        _ = try SynthGenerator(config: config, out: plain).run()
+        config.vqaCaptions = true
+        _ = try SynthGenerator(config: config, out: dir).run()
+        let vqaPath = "llava_dataset/llava_instruct_150k.json"
+        let vqa = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/" + vqaPath))) as! [[String: Any]]
+        let before = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: plain + "/" + vqaPath))) as! [[String: Any]]
+        XCTAssertEqual(vqa.count, Self.config.train)
+        for (i, v) in vqa.enumerated() {
+            let turns = v["conversations"] as! [[String: String]]
+            XCTAssertEqual(turns[0]["value"], "<image>\nWhat objects are there in the image?")
+            let (scene, _) = SynthGenerator.sample(config: Self.config, split: "train", index: i)
+            XCTAssertEqual(turns[1]["value"], SynthQuestions.caption(scene).textAnswer)
+            XCTAssertEqual(turns.count, 6, "the caption and two more questions")
+            let old = before[i]["conversations"] as! [[String: String]]
+            XCTAssertEqual(old.count, 6, "three questions without captions")
+            XCTAssert(old[0]["value"]!.hasPrefix("<image>\n") && !old.contains { $0["value"]!.contains("What objects") })
+        }
+        // nothing else changes
+        let a = try files(plain), b = try files(dir)
+        XCTAssertEqual(Set(a.keys), Set(b.keys))
+        for (k, v) in a where k != vqaPath { XCTAssertEqual(v, b[k], k) }
+        XCTAssertNotEqual(a[vqaPath], b[vqaPath])
+    }
+
     func testUniqueDescriptionsAndRelations() {
         for i in 0..<20 {
             let (scene, _) = SynthGenerator.sample(config: Self.config, split: "train", index: i)
