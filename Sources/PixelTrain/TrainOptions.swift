@@ -207,8 +207,8 @@ public struct TrainOptions: Codable, Equatable, Sendable {
         if let w = querySeparationWeight, w < 0 || !w.isFinite { try fail("query-separation-weight", "\(w) must be >= 0") }
         if let m = querySeparationMargin, !(m >= -1 && m < 1) { try fail("query-separation-margin", "\(m) must be in [-1, 1)") }
         if let w = queryGroundingWeight, w < 0 || !w.isFinite { try fail("query-grounding-weight", "\(w) must be >= 0") }
-        if let w = queryAppearanceWeight, w < 0 || !w.isFinite { try fail("query-appearance-weight", "\(w) must be >= 0") }
-        if let w = imageAppearanceWeight, w < 0 || !w.isFinite { try fail("image-appearance-weight", "\(w) must be >= 0") }
+        if let w = queryAppearanceWeight, w < 0 || !w.isFinite { try fail("query-appearance-weight", "\(w) must be a finite number >= 0") }
+        if let w = imageAppearanceWeight, w < 0 || !w.isFinite { try fail("image-appearance-weight", "\(w) must be a finite number >= 0") }
         if let a = refinementAlpha, !(a >= 1) || !a.isFinite { try fail("refinement-alpha", "\(a) must be >= 1 (1: off)") }
         if let t = queryGroundingTemperature, !(t > 0) || !t.isFinite { try fail("query-grounding-temperature", "\(t) must be > 0") }
         if saveSteps < 1 { try fail("save-steps", "\(saveSteps) must be >= 1") }

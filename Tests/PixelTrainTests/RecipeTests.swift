@@ -36,18 +36,18 @@ final class RecipeTests: XCTestCase {
         o.config = "synth-smoke"
         o.datasetDir = "shards"
         XCTAssertNoThrow(try o.validate())
-        o.queryAppearanceWeight = -1
-        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("query-appearance-weight"), "\($0)") }
-        o.queryAppearanceWeight = .nan
-        XCTAssertThrowsError(try o.validate())
-        o.queryAppearanceWeight = 2
-        XCTAssertNoThrow(try o.validate())
-        o.imageAppearanceWeight = -0.5
-        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("image-appearance-weight"), "\($0)") }
-        o.imageAppearanceWeight = .infinity
-        XCTAssertThrowsError(try o.validate())
-        o.imageAppearanceWeight = 1
-        XCTAssertNoThrow(try o.validate())
+        // each weight: negative and non-finite refused by its option's name, a positive one kept
+        for (key, name) in [(\TrainOptions.queryAppearanceWeight, "query-appearance-weight"),
+                            (\TrainOptions.imageAppearanceWeight, "image-appearance-weight")] {
+            o[keyPath: key] = -1
+            XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains(name), "\($0)") }
+            o[keyPath: key] = .nan
+            XCTAssertThrowsError(try o.validate(), name)
+            o[keyPath: key] = .infinity
+            XCTAssertThrowsError(try o.validate(), name)
+            o[keyPath: key] = 2
+            XCTAssertNoThrow(try o.validate())
+        }
         o.refinementAlpha = 0.5
         XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("refinement-alpha"), "\($0)") }
         o.refinementAlpha = .infinity
