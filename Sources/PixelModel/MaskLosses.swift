@@ -184,17 +184,27 @@ public enum QueryAppearance {
     /// N(0, 1/size) from a fixed seed, so that every target channel has about the descriptor's mean square and the
     /// target's norm is about sqrt(C/2) times the descriptor's RMS: the scale of the decoder's own tokens.
     public static func projection(channels C: Int) -> [Float] {
-        var rng = RNG(seed: 0x5145_5259_4150_5052)
-        let s = Float(1 / Double(size).squareRoot())
-        return (0..<((C / 2) * size)).map { _ in rng.normal() * s }
+        fixedProjection(rows: C / 2, columns: size, seed: 0x5145_5259_4150_5052)
+    }
+
+    /// N(0, 1/columns) entries of a rows x columns matrix (row-major) from `seed`: the fixed projections of the
+    /// appearance losses.
+    static func fixedProjection(rows: Int, columns: Int, seed: UInt64) -> [Float] {
+        var rng = RNG(seed: seed)
+        let s = Float(1 / Double(columns).squareRoot())
+        return (0..<(rows * columns)).map { _ in rng.normal() * s }
+    }
+
+    /// P f for a row-major P of `f.count` columns.
+    static func project(_ P: [Float], _ f: [Float]) -> [Float] {
+        let D = f.count
+        return (0..<(P.count / D)).map { c in (0..<D).reduce(Float(0)) { $0 + P[c * D + $1] * f[$1] } }
     }
 
     /// The regression targets P f of `descriptors` (K rows of `size` values): K rows of C/2 values.
     public static func targets(_ descriptors: [[Float]], channels C: Int) -> [[Float]] {
-        let P = projection(channels: C), D = size
-        return descriptors.map { f in
-            (0..<(C / 2)).map { c in (0..<D).reduce(Float(0)) { $0 + P[c * D + $1] * f[$1] } }
-        }
+        let P = projection(channels: C)
+        return descriptors.map { project(P, $0) }
     }
 
     /// sum over targets k of mean over levels l and channels c < C/2 of (q[k, l, c] - (P f_k)[c])^2; queries [K, L, C],
@@ -304,9 +314,7 @@ public enum ImageTokenAppearance {
 
     /// The fixed projection [C/2, size] (N(0, 1/size) from its own seed), as `QueryAppearance.projection`.
     public static func projection(channels C: Int) -> [Float] {
-        var rng = RNG(seed: 0x494D_4147_4541_5050)
-        let s = Float(1 / Double(size).squareRoot())
-        return (0..<((C / 2) * size)).map { _ in rng.normal() * s }
+        QueryAppearance.fixedProjection(rows: C / 2, columns: size, seed: 0x494D_4147_4541_5050)
     }
 
     /// The supervised cells (sorted) and their targets (C/2 values each): per cell, the sum over the parts in it
@@ -316,7 +324,7 @@ public enum ImageTokenAppearance {
         var seen = Set<[Int]>(), sums: [Int: [Float]] = [:]
         for part in parts where !part.cells.isEmpty && seen.insert(part.key).inserted {
             precondition(part.descriptor.count == D, "ImageTokenAppearance: a description of \(part.descriptor.count) values, not \(D)")
-            let t = (0..<half).map { c in (0..<D).reduce(Float(0)) { $0 + P[c * D + $1] * part.descriptor[$1] } }
+            let t = QueryAppearance.project(P, part.descriptor)
             for cell in part.cells {
                 sums[cell] = zip(sums[cell] ?? [Float](repeating: 0, count: half), t).map { $0 + $1 }
             }

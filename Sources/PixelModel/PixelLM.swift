@@ -260,6 +260,13 @@ public final class PixelLMForCausalLM: Module {
 
     // MARK: forward
 
+    /// The K masks of a [K, H, W] target tensor as K flat rows (none for nil or K = 0).
+    static func maskRows(_ t: Tensor?) -> [[Float]] {
+        guard let t, t.dim(0) > 0 else { return [] }
+        let per = t.count / t.dim(0), data = t.contiguousData().toArray()
+        return (0..<t.dim(0)).map { Array(data[($0 * per)..<(($0 + 1) * per)]) }
+    }
+
     /// The training forward of one micro-batch (see the file comment). Throws `PixelLMBatchError` for a
     /// malformed batch; a question without usable SEG tokens is not an error (see the conversation's reason).
     public func forward(_ batch: PixelLMBatch, options: LossOptions = LossOptions()) throws -> PixelLMOutput {
@@ -358,12 +365,9 @@ public final class PixelLMForCausalLM: Module {
                 let (H, W) = batch.originalSizes[b]
                 var parts: [ImageTokenAppearance.Part] = []
                 for conv in batch.conversations where conv.imageIndex == b {
-                    guard let t = conv.targetMasks, t.dim(0) > 0 else { continue }
-                    let per = t.count / t.dim(0), data = t.contiguousData().toArray()
-                    for i in 0..<t.dim(0) {
-                        parts += ImageTokenAppearance.parts(mask: Array(data[(i * per)..<((i + 1) * per)]), height: H, width: W,
-                                                            pixels: pixelValues.ptr + b * 3 * S * S, input: S,
-                                                            valid: batch.validSizes[b], grid: g)
+                    for mask in Self.maskRows(conv.targetMasks) {
+                        parts += ImageTokenAppearance.parts(mask: mask, height: H, width: W, pixels: pixelValues.ptr + b * 3 * S * S,
+                                                            input: S, valid: batch.validSizes[b], grid: g)
                     }
                 }
                 let (cells, targets) = ImageTokenAppearance.targets(parts, channels: imageTokens.dim(2))
@@ -389,9 +393,9 @@ public final class PixelLMForCausalLM: Module {
                 var k0 = 0
                 for m in members {
                     let k = convOut[m].predictedCount
-                    if convOut[m].inMaskLoss, let t = batch.conversations[m].targetMasks {
-                        let per = t.count / max(t.dim(0), 1), data = t.contiguousData().toArray()
-                        for i in 0..<k { rows.append(k0 + i); gts.append(Array(data[(i * per)..<((i + 1) * per)])) }
+                    if convOut[m].inMaskLoss {
+                        let masks = Self.maskRows(batch.conversations[m].targetMasks)
+                        for i in 0..<k { rows.append(k0 + i); gts.append(masks[i]) }
                     }
                     k0 += k
                 }
