@@ -114,4 +114,42 @@ final class DataCLITests: XCTestCase {
         XCTAssertFalse(strict.signalled)
         XCTAssert(strict.err.contains(jpegs[0]) || strict.err.contains(gone), strict.err)
     }
+
+    /// `pixellm probe` on a synthetic tree with pseudo-random weights at synth-smoke's size: the three word positions
+    /// of the synthetic names (size, colour, shape), accuracies and chance in [0, 1], the JSON report; bad input
+    /// named.
+    func testProbeReportsTheWordsOfTheSyntheticNames() throws {
+        let root = CLITests.temp("probe")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let data = root + "/data"
+        let s = try run(["synth", "--out", data, "--train", "20", "--val", "2", "--test", "2", "--size", "112"])
+        XCTAssertEqual(s.status, 0, s.err)
+        let base = ["probe", "--random-weights", "synth-smoke", "--tokenizer", data + "/tokenizer", "--dataset-dir", data]
+        let r = try run(base + ["--images", "20", "--out", root + "/probe.json"])
+        XCTAssertEqual(r.status, 0, r.err + r.out)
+        XCTAssert(r.out.contains("vision.deep") && r.out.contains("llm.image_token") && r.out.contains("chance"), r.out)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/probe.json"))) as? [String: Any])
+        XCTAssertEqual(json["images"] as? Int, 20)
+        XCTAssertGreaterThan(json["objects"] as? Int ?? 0, 20)
+        let words = try XCTUnwrap(json["words"] as? [[String: Any]])
+        XCTAssertEqual(words.count, 3)
+        XCTAssert(Set(words[0]["classes"] as? [String] ?? []).isSubset(of: ["small", "medium", "large"]), "\(words[0])")
+        for w in words {
+            let figures = try XCTUnwrap(w["figures"] as? [[String: Any]])
+            XCTAssertEqual(figures.map { $0["feature"] as? String }, ["vision.deep", "vision.mid", "llm.image_token"])
+            for f in figures {
+                let a = try XCTUnwrap(f["accuracy"] as? Double), c = try XCTUnwrap(f["chance"] as? Double)
+                XCTAssert((0...1).contains(a) && (0...1).contains(c), "\(f)")
+            }
+        }
+        // bad input: the split, and a tree without the MUSE file
+        let split = try run(base + ["--split", "bogus"])
+        XCTAssertNotEqual(split.status, 0)
+        XCTAssert(split.err.contains("--split bogus"), split.err)
+        try FileManager.default.removeItem(atPath: data + "/muse_val.json")
+        let missing = try run(base + ["--split", "val"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertFalse(missing.signalled)
+        XCTAssert(missing.err.contains("muse_val.json"), missing.err)
+    }
 }
