@@ -35,6 +35,8 @@ struct ProbeCommand: ParsableCommand {
         guard images >= 5 else { throw ValidationError("--images \(images): at least 5 (one held-out image in five)") }
     }
 
+    struct ProbeError: Error, CustomStringConvertible { var description: String }
+
     struct Report: Encodable {
         struct Figure: Encodable { var feature: String; var accuracy: Double?; var chance: Double?; var lambda: Double? }
         struct Word: Encodable { var position: Int; var classes: [String]; var figures: [Figure] }
@@ -58,7 +60,7 @@ struct ProbeCommand: ParsableCommand {
         FileHandle.standardError.write(Data("\n".utf8))
         let (words, used, reports) = ObjectProbe.probe(objects)
         guard !reports.isEmpty, let anyResult = reports.flatMap({ $0.results }).compactMap({ $0 }).first else {
-            throw ValidationError("\(reader.indexFile): too few objects to probe (\(objects.count) objects in \(min(images, reader.count)) images; every fifth image is held out, every fifth chooses the ridge)")
+            throw ProbeError(description: "\(reader.indexFile): too few objects to probe (\(objects.count) objects in \(min(images, reader.count)) images; every fifth image is held out, every fifth chooses the ridge)")
         }
         let n = min(images, reader.count)
         print("probe: \(what.joined(separator: "; "))")

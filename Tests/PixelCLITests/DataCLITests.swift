@@ -146,6 +146,11 @@ final class DataCLITests: XCTestCase {
         let split = try run(base + ["--split", "bogus"])
         XCTAssertNotEqual(split.status, 0)
         XCTAssert(split.err.contains("--split bogus"), split.err)
+        // the 2 val images hold no image for choosing the ridge or for holding out: said, not a crash
+        let few = try run(base + ["--split", "val"])
+        XCTAssertNotEqual(few.status, 0)
+        XCTAssertFalse(few.signalled)
+        XCTAssert(few.err.contains("muse_val.json") && few.err.contains("too few objects"), few.err)
         try FileManager.default.removeItem(atPath: data + "/muse_val.json")
         let missing = try run(base + ["--split", "val"])
         XCTAssertNotEqual(missing.status, 0)
