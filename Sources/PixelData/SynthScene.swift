@@ -97,8 +97,10 @@ public struct SynthScene: Sendable {
     public static let minVisibleFraction = 0.6
     public static let minVisiblePixels = 40
 
-    /// A scene with `count` objects (fewer only if placement keeps failing, never zero).
-    public static func generate(width: Int, height: Int, count: Int, rng: inout RNG) -> SynthScene {
+    /// A scene with `count` objects (fewer only if placement keeps failing, never zero). `repeatColours` p: each object
+    /// after the first takes the colour of an object already placed with probability p (0: every colour drawn
+    /// uniformly, no extra random draws), so that colour alone tells fewer objects apart.
+    public static func generate(width: Int, height: Int, count: Int, repeatColours: Double = 0, rng: inout RNG) -> SynthScene {
         precondition(width >= 32 && height >= 32, "SynthScene: image \(width)x\(height) is too small")
         var objects: [SynthObject] = []
         var labels = [UInt8](repeating: 0, count: width * height)
@@ -107,7 +109,10 @@ public struct SynthScene: Sendable {
         while objects.count < max(count, 1) && attempts < 400 {
             attempts += 1
             let shape = SynthShape.allCases[rng.int(SynthShape.allCases.count)]
-            let color = SynthColor.allCases[rng.int(SynthColor.allCases.count)]
+            var color = SynthColor.allCases[rng.int(SynthColor.allCases.count)]
+            if repeatColours > 0, !objects.isEmpty, Double(rng.uniform()) < repeatColours {
+                color = objects[rng.int(objects.count)].color
+            }
             let size = SynthSize.allCases[rng.int(SynthSize.allCases.count)]
             let band = size.areaBand
             let targetArea = (band.0 + Double(rng.uniform()) * (band.1 - band.0)) * total

@@ -126,10 +126,15 @@ public struct SynthConfig: Sendable {
     /// object, left to right: `SynthQuestions.caption`) before two more questions; false: three questions, as before.
     /// The MUSE, referring and ReasonSeg files and the tokenizer do not change.
     public var vqaCaptions = false
+    /// Train scenes only: each object after the first repeats a colour already in the scene with this probability
+    /// (`SynthScene.generate`), so that the masks and names need the shape more often; 0 (the standard scenes)
+    /// leaves every file byte-identical. The val and test splits never change.
+    public var repeatColours = 0.0
     public init(seed: UInt64 = 0, train: Int = 20, val: Int = 5, test: Int = 5, size: Int = 224,
-                vocabSize: Int = SynthTokenizer.defaultVocabSize, maxObjects: Int = 8, vqaCaptions: Bool = false) {
+                vocabSize: Int = SynthTokenizer.defaultVocabSize, maxObjects: Int = 8, vqaCaptions: Bool = false,
+                repeatColours: Double = 0) {
         self.seed = seed; self.train = train; self.val = val; self.test = test; self.size = size; self.vocabSize = vocabSize
-        self.maxObjects = maxObjects; self.vqaCaptions = vqaCaptions
+        self.maxObjects = maxObjects; self.vqaCaptions = vqaCaptions; self.repeatColours = repeatColours
     }
 }
 
@@ -180,7 +185,8 @@ public struct SynthGenerator {
         case "test_many": count = 6 + rng.int(3)
         default: count = 1 + rng.int(max(1, config.maxObjects))
         }
-        let scene = SynthScene.generate(width: width, height: height, count: count, rng: &rng)
+        let scene = SynthScene.generate(width: width, height: height, count: count,
+                                        repeatColours: split == "train" ? config.repeatColours : 0, rng: &rng)
         let qs: [SynthQuestion]
         switch split {
         case "test_less": qs = SynthQuestions.pick(scene, count: 3, targetRange: 1...3, allowText: false, rng: &rng)

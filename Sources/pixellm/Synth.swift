@@ -19,6 +19,8 @@ struct Synth: ParsableCommand {
     @Option(help: "Objects per train / val scene: 1 to this many (1-8; 8 the standard scenes).") var maxObjects: Int = 8
     @Flag(help: "Start every VQA conversation with a caption turn that names every object, left to right (the other files do not change).")
     var vqaCaptions = false
+    @Option(help: "Train scenes only: each object after the first repeats a colour already in the scene with this probability (0-1; default 0, the standard scenes). Colour then tells fewer objects apart, so the masks and names need the shape more often; val and test do not change.")
+    var repeatColours: Double = 0
     @Option(help: "Also write the tokenizer's training texts (distinct, first-seen order) to this file as a JSON array.")
     var tokenizerCorpus: String?
 
@@ -27,12 +29,14 @@ struct Synth: ParsableCommand {
         if size < 32 || size > 4096 { throw ValidationError("--size must be in 32...4096") }
         if vocabSize < 0 { throw ValidationError("--vocab-size must be >= 0") }
         if maxObjects < 1 || maxObjects > 8 { throw ValidationError("--max-objects must be in 1...8") }
+        if !(0...1).contains(repeatColours) { throw ValidationError("--repeat-colours must be in 0...1") }
     }
 
     func run() throws {
         try OutputDirectory.prepare(out, option: "--out")
         let gen = SynthGenerator(config: SynthConfig(seed: seed, train: train, val: val, test: test, size: size, vocabSize: vocabSize,
-                                                          maxObjects: maxObjects, vqaCaptions: vqaCaptions), out: out)
+                                                          maxObjects: maxObjects, vqaCaptions: vqaCaptions,
+                                                          repeatColours: repeatColours), out: out)
         let summary = try gen.run()
         print("\(summary) -> \(out)")
         if let path = tokenizerCorpus {

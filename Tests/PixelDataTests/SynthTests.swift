@@ -63,6 +63,40 @@ final class SynthTests: XCTestCase {
         XCTAssertGreaterThan(counts.max() ?? 0, 3, "the standard scenes hold more than 3 objects")
     }
 
+    /// --repeat-colours P: train scenes repeat colours (fewer objects are the only one of their colour), val and test
+    /// scenes are untouched, and P = 0 draws exactly the standard scenes.
+    func testRepeatColoursChangesOnlyTheTrainScenes() {
+        let standard = SynthConfig(seed: 7, train: 6, val: 2, test: 4, size: 96)
+        var zero = standard
+        zero.repeatColours = 0
+        var repeating = standard
+        repeating.repeatColours = 0.7
+        func uniqueColourFraction(_ c: SynthConfig) -> Double {
+            var unique = 0, total = 0
+            for i in 0..<150 {
+                let objects = SynthGenerator.sample(config: c, split: "train", index: i).0.objects
+                for o in objects {
+                    total += 1
+                    if objects.filter({ $0.color == o.color }).count == 1 { unique += 1 }
+                }
+            }
+            return Double(unique) / Double(total)
+        }
+        let before = uniqueColourFraction(standard), after = uniqueColourFraction(repeating)
+        XCTAssertGreaterThan(before, 0.45, "the standard scenes: most objects have a colour of their own")
+        XCTAssertLessThan(after, 0.3, "with repeats: \(after) against \(before)")
+        for i in 0..<20 {
+            XCTAssertEqual(SynthGenerator.sample(config: zero, split: "train", index: i).0.image.pixels,
+                           SynthGenerator.sample(config: standard, split: "train", index: i).0.image.pixels, "train \(i)")
+            for split in ["val", "test_less", "test_many"] {
+                let (a, qa) = SynthGenerator.sample(config: repeating, split: split, index: i)
+                let (b, qb) = SynthGenerator.sample(config: standard, split: split, index: i)
+                XCTAssertEqual(a.image.pixels, b.image.pixels, "\(split) \(i)")
+                XCTAssertEqual(qa.map(\.question), qb.map(\.question), "\(split) \(i)")
+            }
+        }
+    }
+
     func testMasksAreVisiblePixels() throws {
         for split in SynthGenerator.splits {
             for i in 0..<4 {
