@@ -184,10 +184,9 @@ public enum ObjectProbe {
                 let f = tower(input.pixels.reshape([1] + input.pixels.shape), validSizes: [input.validSize])
                 return (f.deep.squeeze(0), f.mid.squeeze(0), model.mmProjector(tower.poolTokens(f.deep)).squeeze(0))
             }
-            func row(_ t: Tensor, _ r: Int) -> [Float] {
-                let C = t.dim(1)
-                return Array(UnsafeBufferPointer(start: t.contiguousData().ptr + r * C, count: C))
-            }
+            // each [cells, C] feature map read out once per image; an object takes its row
+            let maps = [(deep.toArray(), deep.dim(1)), (mid.toArray(), mid.dim(1)), (tokens.toArray(), tokens.dim(1))]
+            func row(_ k: Int, _ r: Int) -> [Float] { Array(maps[k].0[(r * maps[k].1)..<((r + 1) * maps[k].1)]) }
             var seen = Set<String>()
             for target in sample.targets where seen.insert(target.provenance).inserted {
                 let mask = target.mask.decode()
@@ -195,7 +194,7 @@ public enum ObjectProbe {
                       let cell = centroidCell(mask, valid: input.validSize, input: S, grid: g) else { continue }
                 let pooled = (cell / g / k) * h + (cell % g) / k
                 objects.append(Object(image: index, name: target.name,
-                                      features: [row(deep, cell), row(mid, cell), row(tokens, pooled)]))
+                                      features: [row(0, cell), row(1, cell), row(2, pooled)]))
             }
         }
         return (objects, skipped)

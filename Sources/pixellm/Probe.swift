@@ -28,7 +28,6 @@ struct ProbeCommand: ParsableCommand {
     @Option(help: "Write the figures as JSON here.") var out: String?
 
     func validate() throws {
-        try modelOptions.validate()
         guard MUSEReader.splits.contains(split) else {
             throw ValidationError("--split \(split): not a MUSE split (\(MUSEReader.splits.joined(separator: ", ")))")
         }
