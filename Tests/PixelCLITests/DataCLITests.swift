@@ -157,4 +157,63 @@ final class DataCLITests: XCTestCase {
         XCTAssertFalse(missing.signalled)
         XCTAssert(missing.err.contains("muse_val.json"), missing.err)
     }
+
+    /// The tensors of a single-file safetensors checkpoint, by name: the raw bytes (the header read by hand).
+    static func safetensorBytes(_ path: String) throws -> [String: [UInt8]] {
+        let d = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let n = d.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(d[8..<(8 + n)])) as? [String: Any])
+        var out: [String: [UInt8]] = [:]
+        for (name, v) in header where name != "__metadata__" {
+            let offsets = try XCTUnwrap((v as? [String: Any])?["data_offsets"] as? [Int])
+            out[name] = Array(d[(8 + n + offsets[0])..<(8 + n + offsets[1])])
+        }
+        return out
+    }
+
+    func testPretrainVisionWritesAModelWhoseTowerTrainedAndWhoseRestIsTheFreshModel() throws {
+        let root = CLITests.temp("pretrain-vision")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let data = root + "/data"
+        let s = try run(["synth", "--out", data, "--train", "20", "--val", "2", "--test", "2", "--size", "112"])
+        XCTAssertEqual(s.status, 0, s.err)
+        let base = ["pretrain-vision", "--config", "synth-smoke", "--dataset-dir", data, "--images", "20", "--batch-size", "4",
+                    "--warmup-steps", "1", "--eval-every", "2"]
+        let a = try run(base + ["--steps", "2", "--out", root + "/a"])
+        XCTAssertEqual(a.status, 0, a.err + a.out)
+        XCTAssert(a.out.contains("16 images") && a.out.contains("4 held out") && a.out.contains("held-out word 1"), a.out)
+        let b = try run(base + ["--steps", "4", "--out", root + "/b"])
+        XCTAssertEqual(b.status, 0, b.err + b.out)
+        let curve = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: root + "/b/pretrain_vision.json"))) as? [String: Any])
+        let points = try XCTUnwrap(curve["points"] as? [[String: Any]])
+        XCTAssertEqual(points.map { $0["step"] as? Int }, [0, 2, 4])
+        XCTAssertEqual(points.last?["images"] as? Int, 16)
+        XCTAssertEqual((curve["classes"] as? [[String]])?.count, 3)
+        for p in points { for (_, v) in try XCTUnwrap(p["heldOut"] as? [String: Double]) { XCTAssert((0...1).contains(v)) } }
+        // the same seed: the same fresh LLM and decoder (train's --seed initialisation) in both; the towers trained
+        // for 2 and 4 steps differ; CLIP is inside under the checkpoint's names
+        let ta = try Self.safetensorBytes(root + "/a/model.safetensors"), tb = try Self.safetensorBytes(root + "/b/model.safetensors")
+        XCTAssertEqual(Set(ta.keys), Set(tb.keys))
+        let vision = ta.keys.filter { $0.hasPrefix("model.vision_tower.vision_tower.") }
+        XCTAssert(vision.contains("model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"), "\(vision.prefix(3))")
+        for n in ta.keys where !n.hasPrefix("model.vision_tower.") { XCTAssertEqual(ta[n], tb[n], n) }
+        XCTAssertNotEqual(ta["model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"],
+                          tb["model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"])
+        // the output is a model directory the other commands load (tokenizer inside)
+        let probe = try run(["probe", "--model", root + "/b", "--dataset-dir", data, "--images", "20"])
+        XCTAssertEqual(probe.status, 0, probe.err + probe.out)
+        // continuing from it; bad input named, no signal
+        let c = try run(["pretrain-vision", "--version", root + "/b", "--dataset-dir", data, "--images", "20", "--steps", "1", "--out", root + "/c"])
+        XCTAssertEqual(c.status, 0, c.err + c.out)
+        let both = try run(base + ["--version", root + "/b", "--steps", "1", "--out", root + "/d"])
+        XCTAssertNotEqual(both.status, 0)
+        XCTAssert(both.err.contains("exactly one of --config and --version"), both.err)
+        let few = try run(base + ["--split", "val", "--steps", "1", "--out", root + "/e"])
+        XCTAssertNotEqual(few.status, 0)
+        XCTAssertFalse(few.signalled)
+        XCTAssert(few.err.contains("muse_val.json") && few.err.contains("too few objects"), few.err)
+        let noVision = try run(["pretrain-vision", "--version", data, "--dataset-dir", data, "--steps", "1", "--out", root + "/f"])
+        XCTAssertNotEqual(noVision.status, 0)
+        XCTAssertFalse(noVision.signalled)
+    }
 }
