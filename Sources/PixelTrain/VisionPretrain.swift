@@ -22,10 +22,12 @@ public enum VisionPretrain {
         public var labels: [Int]
     }
 
-    /// The split's images (model input, preprocessed once) and objects.
+    /// The split's images and objects. Images are read when a batch needs them (a JPEG of the synthetic set decodes
+    /// and resizes in about a millisecond, a step takes a few hundred), so any number fits in memory.
     public struct Data {
-        public var pixels: [[Float]]
-        public var validSizes: [(height: Int, width: Int)]
+        public var imageCount: Int
+        /// The model input of image i: [3, S, S] normalised and padded, and its valid size.
+        public var input: (Int) throws -> (pixels: [Float], valid: (height: Int, width: Int))
         public var objects: [Object]
         /// Per word position, the class names (sorted).
         public var classes: [[String]]
@@ -39,17 +41,35 @@ public enum VisionPretrain {
             for (i, o) in objects.enumerated() { m[o.image, default: []].append(i) }
             return m
         }
+
+        public init(imageCount: Int, input: @escaping (Int) throws -> (pixels: [Float], valid: (height: Int, width: Int)),
+                    objects: [Object], classes: [[String]], skipped: [String] = []) {
+            self.imageCount = imageCount
+            self.input = input
+            self.objects = objects
+            self.classes = classes
+            self.skipped = skipped
+            let all = Array(0..<imageCount)
+            trainImages = all.filter { !isHeldOut($0) }
+            heldOutImages = all.filter(isHeldOut)
+        }
     }
 
     public static func isHeldOut(_ image: Int) -> Bool { image % 5 == 4 }
 
-    /// Reads the first `images` images of `reader`: each image preprocessed as PixelLM's CLIP input of size `S`,
-    /// each object (an annotation once per image) labelled by the words of its name at the centroid cell of a g x g
-    /// grid. Only names with the most common word count are kept (the synthetic set: all of them).
+    public struct PretrainError: Error, CustomStringConvertible {
+        public var description: String
+        public init(_ d: String) { description = d }
+    }
+
+    /// Reads the first `images` images of `reader` (each decoded once here for its size at the model input, and again
+    /// for every batch that holds it): each object (an annotation once per image) labelled by the words of its name at
+    /// the centroid cell of a g x g grid over PixelLM's CLIP input of size `S`. Only names with the most common word
+    /// count are kept (the synthetic set: all of them).
     public static func load(reader: MUSEReader, images: Int, size S: Int, grid g: Int,
                             progress: ((Int, Int) -> Void)? = nil) throws -> Data {
         let pre = CLIPImagePreprocessor(size: S)
-        var pixels: [[Float]] = [], valid: [(height: Int, width: Int)] = [], skipped: [String] = []
+        var paths: [String] = [], skipped: [String] = []
         var raw: [(image: Int, cell: Int, words: [String])] = []
         let n = min(images, reader.count)
         for index in 0..<n {
@@ -57,9 +77,8 @@ public enum VisionPretrain {
             let sample: DataSample
             do { sample = try reader.sample(index, seed: 0) } catch let e as SampleSkip { skipped.append("\(e)"); continue }
             let input = pre(try RGBImage.load(sample.imagePath))
-            let image = pixels.count
-            pixels.append(input.pixels.toArray())
-            valid.append(input.validSize)
+            let image = paths.count
+            paths.append(sample.imagePath)
             var seen = Set<String>()
             for target in sample.targets where seen.insert(target.provenance).inserted {
                 let mask = target.mask.decode()
@@ -76,9 +95,10 @@ public enum VisionPretrain {
         let objects = kept.map { r in
             Object(image: r.image, cell: r.cell, labels: (0..<words).map { classes[$0].firstIndex(of: r.words[$0])! })
         }
-        let all = Array(0..<pixels.count)
-        var d = Data(pixels: pixels, validSizes: valid, objects: objects, classes: classes, skipped: skipped,
-                     trainImages: all.filter { !isHeldOut($0) }, heldOutImages: all.filter(isHeldOut))
+        var d = Data(imageCount: paths.count, input: { i in
+            let x = pre(try RGBImage.load(paths[i]))
+            return (x.pixels.toArray(), x.validSize)
+        }, objects: objects, classes: classes, skipped: skipped)
         d.otherWordCount = raw.count - kept.count
         return d
     }
@@ -105,11 +125,17 @@ public enum VisionPretrain {
         }
 
         /// The deep features of `images` at their objects' cells: [objects, D], and the labels per word position.
-        func features(_ data: Data, images: [Int], byImage: [Int: [Int]]) -> (Tensor, [[Int]])? {
+        func features(_ data: Data, images: [Int], byImage: [Int: [Int]]) throws -> (Tensor, [[Int]])? {
             let S = size, plane = 3 * S * S
-            var values = [Float](); values.reserveCapacity(images.count * plane)
-            for i in images { values += data.pixels[i] }
-            let f = tower(Tensor(values, shape: [images.count, 3, S, S]), validSizes: images.map { data.validSizes[$0] })
+            var values = [Float](), valid: [(height: Int, width: Int)] = []
+            values.reserveCapacity(images.count * plane)
+            for i in images {
+                let x = try data.input(i)
+                guard x.pixels.count == plane else { throw PretrainError("image \(i): \(x.pixels.count) input values, the tower takes 3 x \(S) x \(S)") }
+                values += x.pixels
+                valid.append(x.valid)
+            }
+            let f = tower(Tensor(values, shape: [images.count, 3, S, S]), validSizes: valid)
             let cells = f.deep.dim(1), D = f.deep.dim(2)
             var rows: [Int] = [], labels = [[Int]](repeating: [], count: heads.count)
             for (b, i) in images.enumerated() {
@@ -125,8 +151,8 @@ public enum VisionPretrain {
         /// One optimizer step on `images`: the sum over word positions of the mean cross-entropy. Returns the loss
         /// (nil when the images hold no object; nothing is updated then).
         @discardableResult
-        public func train(_ data: Data, images: [Int], byImage: [Int: [Int]]) -> Float? {
-            guard let (x, labels) = features(data, images: images, byImage: byImage) else { return nil }
+        public func train(_ data: Data, images: [Int], byImage: [Int: [Int]]) throws -> Float? {
+            guard let (x, labels) = try features(data, images: images, byImage: byImage) else { return nil }
             var loss: Tensor? = nil
             for (p, head) in heads.enumerated() {
                 let l = crossEntropy(head(x), targets: labels[p])
@@ -140,11 +166,11 @@ public enum VisionPretrain {
         }
 
         /// Accuracy per word position on `images` (chunks of `chunk`), and the object count.
-        public func accuracy(_ data: Data, images: [Int], byImage: [Int: [Int]], chunk: Int = 16) -> (accuracy: [Double], objects: Int) {
+        public func accuracy(_ data: Data, images: [Int], byImage: [Int: [Int]], chunk: Int = 16) throws -> (accuracy: [Double], objects: Int) {
             var right = [Int](repeating: 0, count: heads.count), n = 0
-            Autograd.noGrad {
+            try Autograd.noGrad {
                 for start in stride(from: 0, to: images.count, by: chunk) {
-                    guard let (x, labels) = features(data, images: Array(images[start..<min(images.count, start + chunk)]),
+                    guard let (x, labels) = try features(data, images: Array(images[start..<min(images.count, start + chunk)]),
                                                      byImage: byImage) else { continue }
                     n += labels.first?.count ?? 0
                     for (p, head) in heads.enumerated() {

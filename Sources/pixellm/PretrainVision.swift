@@ -24,12 +24,13 @@ struct PretrainVision: ParsableCommand {
     @Option(help: "Or a PixelLM directory (CLIP inside) whose tower continues training.") var version: String?
     @Option(name: both("dataset-dir"), help: "The dataset tree (muse_<split>.json at its top).") var datasetDir: String
     @Option(help: "MUSE split to train on: train, val, test_less or test_many.") var split = "train"
-    @Option(help: "Images to read (the first N of the split; every fifth held out). Each takes 3 x S x S floats in memory.") var images = 2000
+    @Option(help: "Images to use (the first N of the split; every fifth held out). Read from disk for each batch: any number fits in memory.") var images = 2000
     @Option(help: "Optimizer steps.") var steps = 1000
     @Option(name: both("batch-size"), help: "Images per step.") var batchSize = 16
     @Option(help: "Peak learning rate (linear warmup, then linear decay to 0 at --steps).") var lr: Float = 1e-3
     @Option(name: both("warmup-steps"), help: "Warmup steps.") var warmupSteps = 50
     @Option(name: both("eval-every"), help: "Score the held-out images every K steps (and at the end).") var evalEvery = 100
+    @Option(name: both("eval-images"), help: "Score the first N held-out images (each a forward).") var evalImages = 1000
     @Option(name: both("time-budget"), help: "Stop after this wall time (90s, 10m, 2h) and write the output as it is.") var timeBudget: String?
     @Option(help: "Seed of the fresh model (as train's --seed: the same value gives train's initial LLM and decoder), the heads and the batch order.") var seed: UInt64 = 42
     @Option(help: "Tokenizer directory copied into the output (default: DATASET_DIR/tokenizer, or --version's).") var tokenizer: String?
@@ -46,6 +47,7 @@ struct PretrainVision: ParsableCommand {
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a finite number > 0") }
         guard warmupSteps >= 0 else { throw ValidationError("--warmup-steps must be >= 0") }
         guard evalEvery >= 1 else { throw ValidationError("--eval-every must be >= 1") }
+        guard evalImages >= 1 else { throw ValidationError("--eval-images must be >= 1") }
         if let t = timeBudget { _ = try Train.parseDuration(t) }
     }
 
@@ -92,20 +94,21 @@ struct PretrainVision: ParsableCommand {
         }
         FileHandle.standardError.write(Data("\n".utf8))
         let byImage = data.objectsByImage
+        let scored = Array(data.heldOutImages.prefix(evalImages))
         let trainObjects = data.trainImages.reduce(0) { $0 + (byImage[$1]?.count ?? 0) }
-        let heldObjects = data.heldOutImages.reduce(0) { $0 + (byImage[$1]?.count ?? 0) }
+        let heldObjects = scored.reduce(0) { $0 + (byImage[$1]?.count ?? 0) }
         guard !data.classes.isEmpty, trainObjects > 0, heldObjects > 0 else {
-            throw Failure(description: "\(reader.indexFile): too few objects (\(data.objects.count) objects with names in \(data.pixels.count) images; every fifth image is held out)")
+            throw Failure(description: "\(reader.indexFile): too few objects (\(data.objects.count) objects with names in \(data.imageCount) images; every fifth image is held out)")
         }
         // chance: the most frequent training class of each word position, on the held-out objects
         let chance: [Double] = data.classes.indices.map { p in
             var counts = [Int](repeating: 0, count: data.classes[p].count)
             for i in data.trainImages { for o in byImage[i] ?? [] { counts[data.objects[o].labels[p]] += 1 } }
             let top = counts.indices.max { counts[$0] < counts[$1] } ?? 0
-            let right = data.heldOutImages.reduce(0) { s, i in s + (byImage[i] ?? []).filter { data.objects[$0].labels[p] == top }.count }
+            let right = scored.reduce(0) { s, i in s + (byImage[i] ?? []).filter { data.objects[$0].labels[p] == top }.count }
             return Double(right) / Double(heldObjects)
         }
-        print("pretrain-vision: \(reader.indexFile): \(data.trainImages.count) images (\(trainObjects) objects) to train, \(data.heldOutImages.count) held out (\(heldObjects) objects), \(data.skipped.count) skipped, \(data.otherWordCount) objects whose names have another word count left out; "
+        print("pretrain-vision: \(reader.indexFile): \(data.trainImages.count) images (\(trainObjects) objects) to train, \(data.heldOutImages.count) held out (\(scored.count) scored: \(heldObjects) objects), \(data.skipped.count) skipped, \(data.otherWordCount) objects whose names have another word count left out; "
               + String(format: "read in %.1f s", Date().timeIntervalSince(t0)))
         let names = data.classes.indices.map { p in "word \(p + 1) (\(data.classes[p].prefix(3).joined(separator: "/"))\(data.classes[p].count > 3 ? "/..." : ""))" }
         print("pretrain-vision: chance " + zip(names, chance).map { "\($0) \(String(format: "%.2f", $1))" }.joined(separator: ", "))
@@ -114,8 +117,8 @@ struct PretrainVision: ParsableCommand {
         var rng = RNG(seed: seed)
         var order: [Int] = [], cursor = 0, points: [Curve.Point] = [], seen = 0, lastLoss: Double? = nil
         let tTrain = Date()
-        func evaluate(_ step: Int) {
-            let (acc, _) = trainer.accuracy(data, images: data.heldOutImages, byImage: byImage)
+        func evaluate(_ step: Int) throws {
+            let (acc, _) = try trainer.accuracy(data, images: scored, byImage: byImage)
             var held: [String: Double] = [:]
             for (p, a) in acc.enumerated() { held["word \(p + 1)"] = a }
             let secs = Date().timeIntervalSince(tTrain)
@@ -125,7 +128,7 @@ struct PretrainVision: ParsableCommand {
                   + acc.enumerated().map { String(format: "word %d %.2f", $0.offset + 1, $0.element) }.joined(separator: "  "))
             fflush(stdout)  // the curve as it comes, also into a file
         }
-        evaluate(0)
+        try evaluate(0)
         var step = 0
         while step < steps {
             if let budget, Date().timeIntervalSince(t0) > budget {
@@ -144,19 +147,19 @@ struct PretrainVision: ParsableCommand {
             let s = step + 1
             trainer.optimizer.lr = lr * (s <= warmupSteps ? Float(s) / Float(max(warmupSteps, 1))
                                                           : max(0, Float(steps - step) / Float(max(steps - warmupSteps, 1))))
-            if let l = trainer.train(data, images: batch, byImage: byImage) {
+            if let l = try trainer.train(data, images: batch, byImage: byImage) {
                 guard l.isFinite else { throw Failure(description: "pretrain-vision: the loss is \(l) at step \(s); lower --lr") }
                 lastLoss = Double(l)
             }
             seen += batch.count
             step = s
-            if step % evalEvery == 0 || step == steps { evaluate(step) }
+            if step % evalEvery == 0 || step == steps { try evaluate(step) }
         }
-        if points.last?.step != step { evaluate(step) }
+        if points.last?.step != step { try evaluate(step) }
 
         var files = try PixelLMCheckpoint.save(model, to: out, includeVision: true)
         files += try copyTokenizerFiles(from: tokDir, to: out)
-        let curve = Curve(dataset: reader.indexFile, split: split, trainImages: data.trainImages.count, heldOutImages: data.heldOutImages.count,
+        let curve = Curve(dataset: reader.indexFile, split: split, trainImages: data.trainImages.count, heldOutImages: scored.count,
                           trainObjects: trainObjects, heldOutObjects: heldObjects, classes: data.classes, chance: chance, points: points)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
