@@ -166,20 +166,46 @@ public enum ObjectProbe {
         return i * g + j
     }
 
-    /// The objects of the first `images` images of `reader` (fewer when the split is smaller). Images the reader
-    /// skips (a missing file, a bad mask) are skipped and counted.
-    public static func collect(model: PixelLMForCausalLM, reader: MUSEReader, images: Int,
-                               progress: ((Int, Int) -> Void)? = nil) throws -> (objects: [Object], skipped: [String]) {
-        let S = model.config.resizeVisionTowerSize, tower = model.visionTower
-        let g = tower.grid, k = tower.llmPool, h = g / k
+    /// Each of the first `images` images of `reader` (fewer when the split is smaller) that reads: its index, the sample,
+    /// the model input of size `S`, and its objects (each annotation once per image) with the cell of a g x g grid under each
+    /// one's mask centroid. Images the reader skips (a missing file, a bad mask) are returned, in words.
+    public static func forEachImage(reader: MUSEReader, images: Int, size S: Int, grid g: Int, progress: ((Int, Int) -> Void)? = nil,
+                                    _ body: (_ index: Int, _ sample: DataSample, _ input: CLIPImageInput, _ objects: [(name: String, cell: Int)]) throws -> Void)
+        throws -> [String] {
         let pre = CLIPImagePreprocessor(size: S)
-        var objects: [Object] = [], skipped: [String] = []
+        var skipped: [String] = []
         let n = min(images, reader.count)
         for index in 0..<n {
             progress?(index, n)
             let sample: DataSample
             do { sample = try reader.sample(index, seed: 0) } catch let e as SampleSkip { skipped.append("\(e)"); continue }
             let input = pre(try RGBImage.load(sample.imagePath))
+            var seen = Set<String>(), objects: [(name: String, cell: Int)] = []
+            for target in sample.targets where seen.insert(target.provenance).inserted {
+                let mask = target.mask.decode()
+                guard mask.height == sample.height, mask.width == sample.width,
+                      let cell = centroidCell(mask, valid: input.validSize, input: S, grid: g) else { continue }
+                objects.append((target.name, cell))
+            }
+            try body(index, sample, input, objects)
+        }
+        return skipped
+    }
+
+    /// The most common word count of `names` (ties: the smaller), 0 when every name is empty.
+    public static func commonWordCount(_ names: [[String]]) -> Int {
+        var byCount = [Int: Int]()
+        for w in names where !w.isEmpty { byCount[w.count, default: 0] += 1 }
+        return byCount.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) })?.key ?? 0
+    }
+
+    /// The objects of the first `images` images of `reader` and their features. Images the reader skips are counted.
+    public static func collect(model: PixelLMForCausalLM, reader: MUSEReader, images: Int,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> (objects: [Object], skipped: [String]) {
+        let S = model.config.resizeVisionTowerSize, tower = model.visionTower
+        let g = tower.grid, k = tower.llmPool, h = g / k
+        var objects: [Object] = []
+        let skipped = try forEachImage(reader: reader, images: images, size: S, grid: g, progress: progress) { index, _, input, found in
             let (deep, mid, tokens) = Autograd.noGrad { () -> (Tensor, Tensor, Tensor) in
                 let f = tower(input.pixels.reshape([1] + input.pixels.shape), validSizes: [input.validSize])
                 return (f.deep.squeeze(0), f.mid.squeeze(0), model.mmProjector(tower.poolTokens(f.deep)).squeeze(0))
@@ -187,14 +213,9 @@ public enum ObjectProbe {
             // each [cells, C] feature map read out once per image; an object takes its row
             let maps = [(deep.toArray(), deep.dim(1)), (mid.toArray(), mid.dim(1)), (tokens.toArray(), tokens.dim(1))]
             func row(_ k: Int, _ r: Int) -> [Float] { Array(maps[k].0[(r * maps[k].1)..<((r + 1) * maps[k].1)]) }
-            var seen = Set<String>()
-            for target in sample.targets where seen.insert(target.provenance).inserted {
-                let mask = target.mask.decode()
-                guard mask.height == sample.height, mask.width == sample.width,
-                      let cell = centroidCell(mask, valid: input.validSize, input: S, grid: g) else { continue }
+            for (name, cell) in found {
                 let pooled = (cell / g / k) * h + (cell % g) / k
-                objects.append(Object(image: index, name: target.name,
-                                      features: [row(0, cell), row(1, cell), row(2, pooled)]))
+                objects.append(Object(image: index, name: name, features: [row(0, cell), row(1, cell), row(2, pooled)]))
             }
         }
         return (objects, skipped)
@@ -212,11 +233,8 @@ public enum ObjectProbe {
     /// images with index % 5 == 4 are held out, == 3 choose the ridge. Returns the word count used and the reports.
     public static func probe(_ objects: [Object]) -> (words: Int, used: Int, reports: [WordReport]) {
         let split = objects.map { $0.name.split(separator: " ").map(String.init) }
-        var byCount = [Int: Int]()
-        for w in split where !w.isEmpty { byCount[w.count, default: 0] += 1 }
-        guard let words = byCount.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) })?.key else {
-            return (0, 0, [])
-        }
+        let words = commonWordCount(split)
+        guard words > 0 else { return (0, 0, []) }
         let rows = objects.indices.filter { split[$0].count == words }
         let parts: [LinearProbe.Part] = rows.map { r in
             switch objects[r].image % 5 { case 4: return .test; case 3: return .validation; default: return .train }

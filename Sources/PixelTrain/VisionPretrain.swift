@@ -68,33 +68,20 @@ public enum VisionPretrain {
     /// count are kept (the synthetic set: all of them).
     public static func load(reader: MUSEReader, images: Int, size S: Int, grid g: Int,
                             progress: ((Int, Int) -> Void)? = nil) throws -> Data {
-        let pre = CLIPImagePreprocessor(size: S)
-        var paths: [String] = [], skipped: [String] = []
+        var paths: [String] = []
         var raw: [(image: Int, cell: Int, words: [String])] = []
-        let n = min(images, reader.count)
-        for index in 0..<n {
-            progress?(index, n)
-            let sample: DataSample
-            do { sample = try reader.sample(index, seed: 0) } catch let e as SampleSkip { skipped.append("\(e)"); continue }
-            let input = pre(try RGBImage.load(sample.imagePath))
+        let skipped = try ObjectProbe.forEachImage(reader: reader, images: images, size: S, grid: g, progress: progress) { _, sample, _, found in
             let image = paths.count
             paths.append(sample.imagePath)
-            var seen = Set<String>()
-            for target in sample.targets where seen.insert(target.provenance).inserted {
-                let mask = target.mask.decode()
-                guard mask.height == sample.height, mask.width == sample.width,
-                      let cell = ObjectProbe.centroidCell(mask, valid: input.validSize, input: S, grid: g) else { continue }
-                raw.append((image, cell, target.name.split(separator: " ").map(String.init)))
-            }
+            for (name, cell) in found { raw.append((image, cell, name.split(separator: " ").map(String.init))) }
         }
-        var byCount = [Int: Int]()
-        for r in raw where !r.words.isEmpty { byCount[r.words.count, default: 0] += 1 }
-        let words = byCount.max(by: { $0.value < $1.value || ($0.value == $1.value && $0.key > $1.key) })?.key ?? 0
+        let words = ObjectProbe.commonWordCount(raw.map(\.words))
         let kept = raw.filter { $0.words.count == words && words > 0 }
         let classes = (0..<words).map { p in Array(Set(kept.map { $0.words[p] })).sorted() }
         let objects = kept.map { r in
             Object(image: r.image, cell: r.cell, labels: (0..<words).map { classes[$0].firstIndex(of: r.words[$0])! })
         }
+        let pre = CLIPImagePreprocessor(size: S)
         var d = Data(imageCount: paths.count, input: { i in
             let x = pre(try RGBImage.load(paths[i]))
             return (x.pixels.toArray(), x.validSize)
